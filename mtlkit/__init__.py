@@ -1,0 +1,43 @@
+"""mtlkit: multitask optimization for PyTorch.
+
+Three kinds of interchangeable parts and a thin engine that joins them to any loop:
+
+* strategies (:mod:`mtlkit.strategies`): per-task gradients -> one update;
+* the engine (:func:`backward`, :class:`TaskGradients`): losses -> per-task gradients
+  -> the strategy's update in ``.grad``;
+"""
+
+from mtlkit.gradients import TaskGradients, backward
+from mtlkit.strategies import (
+    GradientStats,
+    GradNorm,
+    GramianStrategy,
+    LossWeighting,
+    Mean,
+    NonFiniteError,
+    PCGrad,
+    Strategy,
+    Sum,
+    Weighted,
+    get_strategy,
+    list_strategies,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GradNorm",
+    "GradientStats",
+    "GramianStrategy",
+    "LossWeighting",
+    "Mean",
+    "NonFiniteError",
+    "PCGrad",
+    "Strategy",
+    "Sum",
+    "TaskGradients",
+    "Weighted",
+    "backward",
+    "get_strategy",
+    "list_strategies",
+]

@@ -1,0 +1,386 @@
+"""The per-task gradient engine: task losses -> J (K x P) -> one update in ``.grad``.
+
+Two loop styles are supported:
+
+* **one batch per task** (separate graphs, the usual multitask loop)::
+
+      mtl = TaskGradients(shared_params, strategy)
+      for task, batch in enumerate(batches):
+          mtl.backward(task, loss_fn(model, task, batch))   # frees that task's graph
+      mtl.combine()                                         # update -> .grad
+      optimizer.step()
+
+  Each task's backward writes its shared-parameter gradient *straight into its row* of a
+  preallocated J (the shared parameters' ``.grad`` are pointed at views of that row while
+  autograd accumulates), and its task-specific parameters' gradients into ``.grad`` as
+  usual. A step costs what the summed loop costs, plus two passes over J.
+
+* **one graph** (all tasks computed from one forward pass): :func:`backward` or
+  :meth:`TaskGradients.backward_all` run K backward passes through the shared graph
+  (``mode="loop"``) or one batched backward (``mode="batched"``, ``is_grads_batched``),
+  which falls back to the loop by itself when the graph does not support it.
+
+The combined update is *added* into the shared parameters' ``.grad``, so gradient
+accumulation over micro-batches works as with ``loss.backward()``. A shared parameter
+that a task does not reach counts as a zero gradient for that task.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from mtlkit.strategies.base import GradientStats, NonFiniteError, Strategy
+
+__all__ = ["TaskGradients", "backward"]
+
+NonFinitePolicy = Literal["raise", "skip"]
+
+
+def _as_loss_list(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:
+    if isinstance(losses, Tensor):
+        if losses.dim() != 1:
+            raise ValueError(
+                f"losses must be a 1-D tensor of K task losses or a sequence of scalars, "
+                f"got shape {tuple(losses.shape)}"
+            )
+        return list(losses.unbind())
+    out = list(losses)
+    for i, loss in enumerate(out):
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(f"loss of task {i} must be a scalar tensor, got {loss!r}")
+    return [loss.reshape(()) for loss in out]
+
+
+def _scaler_scale(scaler: Any) -> Tensor:
+    """The GradScaler's current scale as a tensor, without a host sync when possible."""
+    scale = scaler._get_scale_async() if hasattr(scaler, "_get_scale_async") else None
+    if scale is None:
+        return torch.tensor(float(scaler.get_scale()))
+    return scale  # type: ignore[no-any-return]
+
+
+class TaskGradients:
+    """Collects per-task gradients of shared parameters and applies a strategy.
+
+    Args:
+        shared_params: the parameters every task shares (the encoder). All must be on one
+            device with one floating dtype. Other parameters (task heads) are untouched
+            and get their gradients from autograd as usual.
+        strategy: how the rows of J become one update (see :mod:`mtlkit.strategies`).
+        num_tasks: K, if known (J is then allocated on the first backward).
+        nonfinite: ``"raise"`` (default): NaN/inf in a loss or a task gradient raises
+            :class:`~mtlkit.strategies.NonFiniteError` naming the task and step.
+            ``"skip"``: :meth:`combine` returns ``False`` and leaves the shared ``.grad``
+            and the strategy's state untouched; skip ``optimizer.step()`` then.
+        scaler: a ``torch.amp.GradScaler`` when training in float16: J is unscaled before
+            the strategy sees it, and the combined update is scaled back into ``.grad`` so
+            ``scaler.step(optimizer)`` works as usual (on overflow the update is written
+            as inf, so the scaler skips the step and lowers its scale).
+        process_group: for data-parallel training, J is all-reduced (averaged) over this
+            group (or the default group when ``True``) before the strategy sees it, so
+            every rank combines the *global* per-task gradients.
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[Tensor],
+        strategy: Strategy,
+        *,
+        num_tasks: int | None = None,
+        nonfinite: NonFinitePolicy = "raise",
+        scaler: Any | None = None,
+        process_group: Any | bool | None = None,
+    ) -> None:
+        params = list(shared_params)
+        if not params:
+            raise ValueError("shared_params is empty: pass the parameters all tasks share")
+        seen: set[int] = set()
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"shared_params[{i}] is not a tensor: {type(p).__name__}")
+            if not p.requires_grad:
+                raise ValueError(f"shared_params[{i}] (shape {tuple(p.shape)}) has no grad")
+            if id(p) in seen:
+                raise ValueError(f"shared_params[{i}] appears twice")
+            seen.add(id(p))
+        devices = {p.device for p in params}
+        dtypes = {p.dtype for p in params}
+        if len(devices) > 1 or len(dtypes) > 1:
+            raise ValueError(
+                f"shared parameters must share one device and dtype, got {devices} / {dtypes}"
+            )
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        if num_tasks is not None and num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+        self.params = params
+        self.strategy = strategy
+        self.nonfinite = nonfinite
+        self.scaler = scaler
+        self.process_group = process_group
+        self.num_tasks = num_tasks
+        self.numel = sum(p.numel() for p in params)
+        self.device = params[0].device
+        self.dtype = params[0].dtype
+        self.step_count = 0
+        self._jac: Tensor | None = None
+        self._row_views: list[list[Tensor]] = []
+        self._losses: dict[int, Tensor] = {}
+        self._done: set[int] = set()
+
+    # ------------------------------------------------------------------ buffers
+    @property
+    def jacobian(self) -> Tensor | None:
+        """The (K, P) buffer holding this step's per-task gradients (None before use)."""
+        return self._jac
+
+    @property
+    def stats(self) -> GradientStats | None:
+        """Gradient-conflict figures of the last combination (norms, cosines, weights)."""
+        return self.strategy.last_stats
+
+    def _ensure_buffer(self, k: int) -> Tensor:
+        if self._jac is None or self._jac.shape[0] != k:
+            if self._jac is not None and (self._done or self._losses):
+                raise RuntimeError("the number of tasks changed in the middle of a step")
+            self._jac = torch.zeros((k, self.numel), dtype=self.dtype, device=self.device)
+            self._row_views = [self._views_of(row) for row in self._jac]
+        return self._jac
+
+    def _views_of(self, flat: Tensor) -> list[Tensor]:
+        """Views of a flat (P,) buffer shaped like each shared parameter."""
+        chunks = torch.split(flat, [p.numel() for p in self.params])
+        return [c.view_as(p) for c, p in zip(chunks, self.params, strict=True)]
+
+    def _num_tasks_for(self, task: int) -> int:
+        if self.num_tasks is None:
+            raise ValueError("pass num_tasks= to TaskGradients to use per-task backward")
+        if not 0 <= task < self.num_tasks:
+            raise IndexError(f"task index {task} is outside 0..{self.num_tasks - 1}")
+        return self.num_tasks
+
+    # ------------------------------------------------------------------ backward
+    def _row_backward(self, task: int, loss: Tensor, retain_graph: bool) -> None:
+        """Run ``loss.backward()`` with the shared grads accumulating into row ``task``."""
+        assert self._jac is not None
+        self._jac[task].zero_()
+        with self._grads_into(self._row_views[task]):
+            torch.autograd.backward(loss, retain_graph=retain_graph)
+
+    @contextmanager
+    def _grads_into(self, views: list[Tensor]) -> Iterator[None]:
+        """Point the shared parameters' ``.grad`` at ``views`` while autograd accumulates.
+
+        Autograd adds into an existing ``.grad`` in place (first-order backward), so the
+        gradients land in ``views`` with no copy. The user's ``.grad`` are put back after.
+        """
+        saved = [p.grad for p in self.params]
+        try:
+            for p, view in zip(self.params, views, strict=True):
+                p.grad = view
+            yield
+            for p, view in zip(self.params, views, strict=True):
+                if p.grad is not None and p.grad is not view:  # replaced (create_graph)
+                    view.copy_(p.grad)
+        finally:
+            for p, old in zip(self.params, saved, strict=True):
+                p.grad = old
+
+    def backward(self, task: int, loss: Tensor, *, retain_graph: bool = False) -> None:
+        """Backpropagate task ``task``'s loss from its own graph (one batch per task).
+
+        The shared parameters' gradient lands in row ``task`` of J; other parameters
+        accumulate into ``.grad`` as usual. The task's graph is freed afterwards unless
+        ``retain_graph`` (needed when the tasks share one forward: prefer
+        :meth:`backward_all` then).
+        """
+        k = self._num_tasks_for(task)
+        if task in self._done or task in self._losses:
+            raise RuntimeError(f"task {task} was already backpropagated in this step")
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(f"loss of task {task} must be a scalar tensor, got {loss!r}")
+        loss = loss.reshape(())
+        if not self.strategy.needs_jacobian:
+            self._losses[task] = loss  # backpropagated once, weighted, in combine()
+            return
+        self._ensure_buffer(k)
+        self._row_backward(task, loss, retain_graph=retain_graph)
+        self._losses[task] = loss.detach()
+        self._done.add(task)
+
+    def backward_all(
+        self,
+        losses: Sequence[Tensor] | Tensor,
+        *,
+        mode: Literal["loop", "batched"] = "loop",
+    ) -> None:
+        """Backpropagate K losses that share one graph (one forward for all tasks)."""
+        items = _as_loss_list(losses)
+        k = len(items)
+        if self.num_tasks is None:
+            self.num_tasks = k
+        elif self.num_tasks != k:
+            raise ValueError(f"expected {self.num_tasks} losses, got {k}")
+        if self._done or self._losses:
+            raise RuntimeError("backward_all after per-task backward in the same step")
+        if not self.strategy.needs_jacobian:
+            self._losses = dict(enumerate(items))
+            return
+        jac = self._ensure_buffer(k)
+        if mode == "batched" and k > 1:
+            try:
+                self._batched_backward(items, jac)
+            except RuntimeError as err:
+                warnings.warn(
+                    f"batched backward is not supported by this graph ({err}); "
+                    "falling back to one backward per task",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            else:
+                self._losses = {i: loss.detach() for i, loss in enumerate(items)}
+                self._done = set(range(k))
+                return
+        elif mode not in ("loop", "batched"):
+            raise ValueError(f"mode must be 'loop' or 'batched', got {mode!r}")
+        for i, loss in enumerate(items):
+            self._row_backward(i, loss, retain_graph=i < k - 1)
+        self._losses = {i: loss.detach() for i, loss in enumerate(items)}
+        self._done = set(range(k))
+
+    def _batched_backward(self, items: list[Tensor], jac: Tensor) -> None:
+        k = len(items)
+        stacked = torch.stack(items)
+        eye = torch.eye(k, dtype=stacked.dtype, device=stacked.device)
+        grads = torch.autograd.grad(
+            stacked,
+            self.params,
+            grad_outputs=eye,
+            is_grads_batched=True,
+            retain_graph=True,
+            allow_unused=True,
+        )
+        offset = 0
+        for p, g in zip(self.params, grads, strict=True):
+            n = p.numel()
+            if g is None:
+                jac[:, offset : offset + n].zero_()
+            else:
+                jac[:, offset : offset + n].copy_(g.reshape(k, n))
+            offset += n
+        # Task-specific parameters: one backward of the sum, with the shared parameters'
+        # gradients sent to a scratch row so they do not count twice.
+        scratch = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
+        with self._grads_into(self._views_of(scratch)):
+            torch.autograd.backward(stacked.sum())
+
+    # ------------------------------------------------------------------ combine
+    def combine(self) -> bool:
+        """Combine this step's task gradients into the shared ``.grad``.
+
+        Returns ``True`` when the update was applied, ``False`` when the step was skipped
+        (``nonfinite="skip"``, or a float16 overflow with a scaler).
+        """
+        k = self.num_tasks
+        if k is None or not self._losses:
+            raise RuntimeError("combine() called before any task backward in this step")
+        missing = [t for t in range(k) if t not in self._losses]
+        if missing:
+            raise RuntimeError(
+                f"tasks {missing} have no backward in this step; call backward(task, loss) "
+                "for every task (use a zero loss for a task with an empty batch)"
+            )
+        step = self.step_count
+        try:
+            if not self.strategy.needs_jacobian:
+                return self._combine_losses(step)
+            return self._combine_jacobian(step)
+        finally:
+            self._losses = {}
+            self._done = set()
+            self.step_count += 1
+
+    def _combine_losses(self, step: int) -> bool:
+        assert self.num_tasks is not None
+        losses = torch.stack([self._losses[t] for t in range(self.num_tasks)])
+        bad = ~torch.isfinite(losses.detach())
+        if bool(bad.any()):
+            tasks = bad.nonzero().flatten().tolist()
+            if self.nonfinite == "skip":
+                return False
+            raise NonFiniteError(f"non-finite loss in tasks {tasks} at step {step}")
+        weighted = self.strategy.weighted_loss(losses)  # type: ignore[attr-defined]
+        torch.autograd.backward(weighted)
+        return True
+
+    def _combine_jacobian(self, step: int) -> bool:
+        jac = self._jac
+        assert jac is not None and self.num_tasks is not None
+        losses = torch.stack([self._losses[t] for t in range(self.num_tasks)]).to(torch.float64)
+        if self.process_group is not None and dist.is_available() and dist.is_initialized():
+            group: Any = None if self.process_group is True else self.process_group
+            dist.all_reduce(jac, group=group)
+            dist.all_reduce(losses, group=group)
+            world = dist.get_world_size(group)
+            jac.div_(world)
+            losses.div_(world)
+        scale: Tensor | None = None
+        if self.scaler is not None and self.scaler.is_enabled():
+            scale = _scaler_scale(self.scaler).to(self.device)
+            jac.mul_(scale.reciprocal().to(jac.dtype))
+        try:
+            update = self.strategy.combine(jac, losses)
+        except NonFiniteError as err:
+            if scale is not None:  # fp16 overflow: let the scaler see it and skip
+                update = torch.full(
+                    (self.numel,), float("inf"), dtype=self.dtype, device=self.device
+                )
+                self._add_into_grad(update)
+                return False
+            if self.nonfinite == "skip":
+                return False
+            raise NonFiniteError(f"step {step}: {err}") from err
+        if scale is not None:
+            update.mul_(scale.to(update.dtype))
+        self._add_into_grad(update)
+        return True
+
+    def _add_into_grad(self, update: Tensor) -> None:
+        existing, additions = [], []
+        for p, view in zip(self.params, self._views_of(update), strict=True):
+            if p.grad is None:
+                p.grad = view  # ``update`` is fresh each step: safe to alias
+            else:
+                existing.append(p.grad)
+                additions.append(view)
+        if existing:
+            torch._foreach_add_(existing, additions)
+
+
+def backward(
+    losses: Sequence[Tensor] | Tensor,
+    shared_params: Iterable[Tensor],
+    strategy: Strategy,
+    *,
+    mode: Literal["loop", "batched"] = "loop",
+    nonfinite: NonFinitePolicy = "raise",
+) -> bool:
+    """Backpropagate K task losses of one graph and write the combined shared update.
+
+    The shared parameters' ``.grad`` receive ``strategy``'s combination of the per-task
+    gradients (added to what is there); every other parameter receives the plain sum of
+    the task gradients, as ``sum(losses).backward()`` would give it. Then call
+    ``optimizer.step()``. For repeated use, :class:`TaskGradients` keeps its buffers.
+
+    Returns ``True``, or ``False`` when ``nonfinite="skip"`` skipped the step.
+    """
+    engine = TaskGradients(shared_params, strategy, nonfinite=nonfinite)
+    engine.backward_all(losses, mode=mode)
+    return engine.combine()

@@ -1,0 +1,256 @@
+"""The strategy abstractions every method implements.
+
+A *strategy* turns the per-task gradients of the shared parameters, stacked as the rows
+of a matrix ``J`` of shape (K, P), into one update vector of length P.
+
+* :class:`Strategy` is the general interface: ``combine(J, losses) -> Tensor[P]``.
+* :class:`GramianStrategy` covers every method whose update is a weighted sum of the
+  rows, ``wᵀJ``, with weights that depend only on the Gramian ``G = J Jᵀ`` (and maybe the
+  losses). The Gramian is formed once in float64 (:func:`mtlkit._linalg.gramian`), the
+  method works in K x K space, and one more pass over P applies the weights.
+* :class:`LossWeighting` covers methods that weight the *losses* and need no per-task
+  gradients at all (uncertainty weighting, DWA, FAMO, RLW): the engine backpropagates
+  their weighted loss once, at the cost of a plain summed step.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+from mtlkit._linalg import gramian, weighted_sum
+
+__all__ = [
+    "GradientStats",
+    "GramianStrategy",
+    "LossWeighting",
+    "NonFiniteError",
+    "Strategy",
+    "check_finite",
+    "get_strategy",
+    "list_strategies",
+    "register",
+]
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or a per-task gradient holds NaN or inf."""
+
+
+@dataclass(frozen=True)
+class GradientStats:
+    """Gradient-conflict figures read off the Gramian of one ``combine`` call.
+
+    All fields are tensors on the gradients' device (float64), so reading them costs no
+    device sync until a logger asks for values (``.tolist()``).
+
+    Attributes:
+        norms: (K,) per-task gradient norms ``‖g_i‖``.
+        cosines: (K, K) pairwise cosine similarities (0 where a norm is 0).
+        conflicts: () number of task pairs i < j with ``g_i · g_j < 0``.
+        weights: (K,) the weights applied to the rows of J (``update = wᵀJ``).
+    """
+
+    norms: Tensor
+    cosines: Tensor
+    conflicts: Tensor
+    weights: Tensor
+
+    @classmethod
+    def from_gramian(cls, g: Tensor, weights: Tensor) -> GradientStats:
+        norms = g.diagonal().clamp(min=0).sqrt()
+        outer = norms[:, None] * norms[None, :]
+        cosines = torch.where(outer > 0, g / outer.clamp(min=torch.finfo(g.dtype).tiny), 0.0)
+        upper = torch.triu(torch.ones_like(g, dtype=torch.bool), diagonal=1)
+        conflicts = ((g < 0) & upper).sum()
+        return cls(norms=norms, cosines=cosines, conflicts=conflicts, weights=weights)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain Python values (this one call syncs with the device)."""
+        return {
+            "norms": self.norms.tolist(),
+            "cosines": self.cosines.tolist(),
+            "conflicts": int(self.conflicts.item()),
+            "weights": self.weights.tolist(),
+        }
+
+
+def check_finite(gram: Tensor, losses: Tensor | None) -> None:
+    """Raise :class:`NonFiniteError` naming the tasks whose gradient or loss is NaN/inf.
+
+    Reads only the Gramian's diagonal (a NaN or inf anywhere in row i of J makes
+    ``G[i, i]`` NaN or inf), so it costs no pass over P; it syncs once to decide.
+    """
+    diag = gram.diagonal()
+    bad = ~torch.isfinite(diag)
+    if losses is not None:
+        bad_loss = ~torch.isfinite(losses.detach())
+        bad = bad | bad_loss.to(bad.device)
+    if bool(bad.any()):
+        tasks = bad.nonzero().flatten().tolist()
+        what = []
+        for t in tasks:
+            kinds = []
+            if not torch.isfinite(diag[t]):
+                kinds.append("gradient")
+            if losses is not None and not torch.isfinite(losses[t]):
+                kinds.append(f"loss={losses[t].item()}")
+            what.append(f"task {t} ({', '.join(kinds)})")
+        raise NonFiniteError(
+            "non-finite values in " + "; ".join(what) + ". Lower the learning rate, check the "
+            "inputs of these tasks, or use nonfinite='skip' in the engine to skip such steps."
+        )
+
+
+def _check_inputs(matrix: Tensor, losses: Tensor | None) -> None:
+    if not isinstance(matrix, Tensor) or matrix.dim() != 2:
+        shape = tuple(matrix.shape) if isinstance(matrix, Tensor) else type(matrix).__name__
+        raise ValueError(f"J must be a (K, P) tensor of per-task gradients, got {shape}")
+    if matrix.shape[0] == 0:
+        raise ValueError("J has no rows: at least one task gradient is needed")
+    if not matrix.is_floating_point():
+        raise TypeError(f"J must be floating point, got {matrix.dtype}")
+    if losses is not None and (losses.dim() != 1 or losses.shape[0] != matrix.shape[0]):
+        raise ValueError(
+            f"losses must have shape ({matrix.shape[0]},) to match J's {matrix.shape[0]} rows, "
+            f"got {tuple(losses.shape)}"
+        )
+
+
+class Strategy(ABC):
+    """Turns per-task gradients ``J`` (K, P) into one update vector (P,).
+
+    Subclasses implement :meth:`combine`. Strategies with state (learned weights, loss
+    history, a random generator) override :meth:`state_dict` / :meth:`load_state_dict`
+    so a checkpoint carries it; stateless ones inherit empty versions.
+    """
+
+    #: Registry name (set by :func:`register`).
+    name: ClassVar[str] = ""
+    #: Whether the method needs per-task gradients (False for loss weightings).
+    needs_jacobian: ClassVar[bool] = True
+
+    last_stats: GradientStats | None = None
+    #: Raise :class:`NonFiniteError` on NaN/inf gradients or losses (one small sync).
+    check_finite: bool = True
+
+    @abstractmethod
+    def combine(
+        self, matrix: Tensor, losses: Tensor | None = None, *, out: Tensor | None = None
+    ) -> Tensor:
+        """Return the combined update of length P from the (K, P) matrix of gradients.
+
+        Args:
+            matrix: per-task gradients of the shared parameters, one task per row.
+            losses: (K,) current task losses; methods that do not use them ignore them.
+            out: optional preallocated (P,) output in ``matrix``'s dtype and device.
+        """
+
+    def state_dict(self) -> dict[str, Any]:
+        """State needed to resume exactly (empty for stateless strategies)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} is stateless; got state keys {list(state)}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class GramianStrategy(Strategy):
+    """A strategy whose update is ``wᵀJ`` with weights chosen from ``G = J Jᵀ``.
+
+    Subclasses implement :meth:`weights` on the float64 Gramian. The base class forms G
+    once (chunked float64 accumulation, one pass over P), records
+    :class:`GradientStats`, and applies the weights in a second pass over P.
+    """
+
+    @abstractmethod
+    def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
+        """Return the (K,) float64 weights for the rows of J, given the float64 Gramian."""
+
+    def combine(
+        self, matrix: Tensor, losses: Tensor | None = None, *, out: Tensor | None = None
+    ) -> Tensor:
+        _check_inputs(matrix, losses)
+        g = gramian(matrix)
+        if self.check_finite:
+            check_finite(g, losses)
+        w = self.weights(g, losses)
+        self.last_stats = GradientStats.from_gramian(g, w)
+        return weighted_sum(w, matrix, out=out)
+
+
+class LossWeighting(Strategy):
+    """A method that weights the task losses and needs no per-task gradients.
+
+    Subclasses implement :meth:`weighted_loss`, returning the scalar to backpropagate.
+    The engine calls it and does one backward, so a step costs what a summed step costs.
+    :meth:`combine` still works on a given J (weights the rows with :meth:`loss_weights`),
+    so every strategy can be used through the same interface.
+    """
+
+    needs_jacobian: ClassVar[bool] = False
+
+    @abstractmethod
+    def loss_weights(self, losses: Tensor) -> Tensor:
+        """Return the (K,) weights for the current losses (detached, float64)."""
+
+    def weighted_loss(self, losses: Tensor) -> Tensor:
+        """Scalar to backpropagate; by default ``Σ w_i L_i`` with :meth:`loss_weights`."""
+        w = self.loss_weights(losses.detach())
+        return (w.to(losses.dtype) * losses).sum()
+
+    def combine(
+        self, matrix: Tensor, losses: Tensor | None = None, *, out: Tensor | None = None
+    ) -> Tensor:
+        _check_inputs(matrix, losses)
+        if losses is None:
+            raise ValueError(f"{type(self).__name__} weights the losses: pass losses=")
+        g = gramian(matrix)
+        if self.check_finite:
+            check_finite(g, losses)
+        w = self.loss_weights(losses.detach()).to(torch.float64)
+        self.last_stats = GradientStats.from_gramian(g, w)
+        return weighted_sum(w, matrix, out=out)
+
+
+# ----------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Strategy]] = {}
+
+S = TypeVar("S", bound=type[Strategy])
+
+
+def register(name: str) -> Callable[[S], S]:
+    """Class decorator: make a strategy available as ``get_strategy(name)``."""
+
+    def deco(cls: S) -> S:
+        key = name.lower()
+        if key in _REGISTRY and _REGISTRY[key] is not cls:
+            raise ValueError(f"strategy name {key!r} is already registered")
+        cls.name = key
+        _REGISTRY[key] = cls
+        return cls
+
+    return deco
+
+
+def get_strategy(name: str, **kwargs: Any) -> Strategy:
+    """Build a registered strategy by name, e.g. ``get_strategy("pcgrad", seed=0)``."""
+    key = name.lower().replace("_", "-")
+    if key not in _REGISTRY:
+        raise KeyError(f"unknown strategy {name!r}; choose one of {', '.join(list_strategies())}")
+    return _REGISTRY[key](**kwargs)
+
+
+def list_strategies() -> list[str]:
+    """Names of all registered strategies, sorted."""
+    return sorted(_REGISTRY)

@@ -1,0 +1,104 @@
+"""GradNorm: adaptive task weights that balance gradient magnitudes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtlkit.strategies.base import GramianStrategy, register
+
+__all__ = ["GradNorm"]
+
+
+@register("gradnorm")
+class GradNorm(GramianStrategy):
+    r"""GradNorm (Chen et al., 2018, *GradNorm: Gradient Normalization for Adaptive Loss
+    Balancing in Deep Multitask Networks*, ICML), as a combination strategy.
+
+    The update is :math:`d = \sum_i w_i g_i` with task weights :math:`w` that move so that
+    each weighted gradient norm :math:`n_i = w_i \lVert g_i \rVert` tracks a common target
+
+    .. math:: t_i = \bar n \; r_i^{\alpha}, \qquad \bar n = \tfrac1K \sum_k n_k, \qquad
+              r_i = \tilde L_i / \operatorname{mean}_k \tilde L_k, \quad
+              \tilde L_i = L_i / L_i^{(0)}
+
+    where :math:`L^{(0)}` are the first losses seen (the relative inverse training rate
+    :math:`r_i` is large for tasks that train slowly). After each combination the weights
+    take one gradient step on :math:`\sum_i |n_i - t_i|` (targets held constant, as in
+    the paper): :math:`w_i \leftarrow w_i - \eta\, \operatorname{sign}(n_i - t_i)
+    \lVert g_i\rVert / \bar n`, are clamped to stay positive, and renormalised to sum to K.
+
+    Differences from the paper, on purpose: the norms are those of the gradients of all
+    shared parameters (the paper picks the last shared layer; pass only that layer's
+    parameters to the engine to get the paper's choice), and the step on the weights is
+    divided by :math:`\bar n`, so ``lr`` does not depend on the scale of the gradients.
+
+    The norms come from the Gramian's diagonal: no extra pass over P.
+
+    Args:
+        alpha: asymmetry :math:`\alpha` (0: equal norms; the paper uses 0.12..1.5).
+        lr: step size :math:`\eta` of the weights.
+        num_tasks: K, if known in advance (otherwise taken from the first call).
+        min_weight: floor of a weight before renormalisation.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.5,
+        lr: float = 0.025,
+        num_tasks: int | None = None,
+        min_weight: float = 1e-3,
+    ) -> None:
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if min_weight <= 0:
+            raise ValueError(f"min_weight must be > 0, got {min_weight}")
+        self.alpha = alpha
+        self.lr = lr
+        self.min_weight = min_weight
+        self.task_weights: Tensor | None = (
+            torch.ones(num_tasks, dtype=torch.float64) if num_tasks else None
+        )
+        self.initial_losses: Tensor | None = None
+
+    def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
+        if losses is None:
+            raise ValueError("GradNorm needs the task losses: call combine(J, losses=...)")
+        k = gram.shape[0]
+        losses = losses.detach().to(device=gram.device, dtype=torch.float64)
+        if self.task_weights is None:
+            self.task_weights = torch.ones(k, dtype=torch.float64, device=gram.device)
+        if self.task_weights.numel() != k:
+            raise ValueError(f"GradNorm was set up for {self.task_weights.numel()} tasks, got {k}")
+        self.task_weights = self.task_weights.to(gram.device)
+        if self.initial_losses is None:
+            self.initial_losses = losses.clone()
+        tiny = torch.finfo(torch.float64).tiny
+        w = self.task_weights
+        grad_norms = gram.diagonal().clamp(min=0).sqrt()
+        weighted = w * grad_norms
+        mean_norm = weighted.mean()
+        ratio = losses / self.initial_losses.to(gram.device).clamp(min=tiny)
+        rate = ratio / ratio.mean().clamp(min=tiny)
+        target = mean_norm * rate.clamp(min=0) ** self.alpha
+        step = torch.sign(weighted - target) * grad_norms / mean_norm.clamp(min=tiny)
+        new_w = (w - self.lr * step).clamp(min=self.min_weight)
+        self.task_weights = new_w * (k / new_w.sum())
+        return w
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "task_weights": None if self.task_weights is None else self.task_weights.cpu(),
+            "initial_losses": None if self.initial_losses is None else self.initial_losses.cpu(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.task_weights = state["task_weights"]
+        self.initial_losses = state["initial_losses"]
+
+    def __repr__(self) -> str:
+        return f"GradNorm(alpha={self.alpha}, lr={self.lr})"

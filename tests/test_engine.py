@@ -1,0 +1,184 @@
+"""The per-task gradient engine: J rows, both loop styles, .grad bookkeeping, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mtlkit
+from mtlkit import NonFiniteError, PCGrad, Sum, TaskGradients
+
+
+class TwoHeads(nn.Module):
+    """A shared trunk and one linear head per task."""
+
+    def __init__(self, k: int = 3, d: int = 6, h: int = 5) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, h))
+        self.unused = nn.Linear(2, 2)  # shared but reached by no task
+        self.heads = nn.ModuleList(nn.Linear(h, 1) for _ in range(k))
+
+    def shared(self) -> list[nn.Parameter]:
+        return list(self.trunk.parameters()) + list(self.unused.parameters())
+
+    def task_loss(self, task: int, x: torch.Tensor) -> torch.Tensor:
+        return (self.heads[task](self.trunk(x)) ** 2).mean() * (task + 1)
+
+
+def _flat_grads(params: list[nn.Parameter]) -> torch.Tensor:
+    return torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
+    )
+
+
+def _per_task_reference(model: TwoHeads, xs: list[torch.Tensor]) -> torch.Tensor:
+    rows = []
+    for t, x in enumerate(xs):
+        grads = torch.autograd.grad(model.task_loss(t, x), model.shared(), allow_unused=True)
+        rows.append(
+            torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(p)).flatten()
+                    for g, p in zip(grads, model.shared(), strict=True)
+                ]
+            )
+        )
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("mode", ["loop", "batched"])
+def test_one_graph_rows_equal_autograd_grad(mode: str) -> None:
+    torch.manual_seed(0)
+    model = TwoHeads()
+    x = torch.randn(8, 6)
+    ref = _per_task_reference(model, [x, x, x])
+    engine = TaskGradients(model.shared(), Sum())
+    engine.backward_all([model.task_loss(t, x) for t in range(3)], mode=mode)  # type: ignore[arg-type]
+    assert engine.jacobian is not None
+    torch.testing.assert_close(engine.jacobian, ref)
+    assert engine.combine()
+    torch.testing.assert_close(_flat_grads(model.shared()), ref.sum(0))
+    # the unused shared parameter is a zero gradient for every task
+    assert torch.count_nonzero(engine.jacobian[:, -6:]) == 0
+
+
+def test_per_task_batches_equal_one_graph_path() -> None:
+    torch.manual_seed(1)
+    xs = [torch.randn(4, 6) for _ in range(3)]
+    model_a, model_b = TwoHeads(), TwoHeads()
+    model_b.load_state_dict(model_a.state_dict())
+
+    engine = TaskGradients(model_a.shared(), PCGrad(seed=5), num_tasks=3)
+    for t, x in enumerate(xs):
+        engine.backward(t, model_a.task_loss(t, x))
+    engine.combine()
+
+    losses = [model_b.task_loss(t, x) for t, x in enumerate(xs)]
+    mtlkit.backward(losses, model_b.shared(), PCGrad(seed=5))
+
+    for pa, pb in zip(model_a.parameters(), model_b.parameters(), strict=True):
+        if pa.grad is None:
+            assert pb.grad is None
+        else:
+            torch.testing.assert_close(pa.grad, pb.grad)
+    ref = PCGrad(seed=5).combine(_per_task_reference(model_a, xs))
+    torch.testing.assert_close(_flat_grads(model_a.shared()), ref)
+
+
+def test_task_heads_get_only_their_own_gradient() -> None:
+    torch.manual_seed(2)
+    model = TwoHeads()
+    xs = [torch.randn(4, 6) for _ in range(3)]
+    expected = [
+        torch.autograd.grad(model.task_loss(t, x), list(model.heads[t].parameters()))
+        for t, x in enumerate(xs)
+    ]
+    engine = TaskGradients(model.shared(), PCGrad(), num_tasks=3)
+    for t, x in enumerate(xs):
+        engine.backward(t, model.task_loss(t, x))
+    engine.combine()
+    for t in range(3):
+        for p, g in zip(model.heads[t].parameters(), expected[t], strict=True):
+            torch.testing.assert_close(p.grad, g)
+
+
+def test_grad_accumulates_over_micro_batches() -> None:
+    torch.manual_seed(3)
+    model = TwoHeads()
+    x1, x2 = torch.randn(4, 6), torch.randn(4, 6)
+    engine = TaskGradients(model.shared(), Sum(), num_tasks=3)
+    for x in (x1, x2):
+        for t in range(3):
+            engine.backward(t, model.task_loss(t, x))
+        engine.combine()
+    ref = _per_task_reference(model, [x1] * 3).sum(0) + _per_task_reference(model, [x2] * 3).sum(0)
+    torch.testing.assert_close(_flat_grads(model.shared()), ref)
+
+
+def test_nonfinite_loss_raises_naming_task_and_step() -> None:
+    model = TwoHeads()
+    x = torch.randn(4, 6)
+    engine = TaskGradients(model.shared(), PCGrad(), num_tasks=3)
+    for t in range(3):
+        loss = model.task_loss(t, x)
+        engine.backward(t, loss * float("nan") if t == 1 else loss)
+    with pytest.raises(NonFiniteError, match=r"step 0.*task 1"):
+        engine.combine()
+
+
+def test_nonfinite_skip_leaves_grads_untouched() -> None:
+    model = TwoHeads()
+    x = torch.randn(4, 6)
+    for p in model.shared():
+        p.grad = torch.ones_like(p)
+    engine = TaskGradients(model.shared(), PCGrad(), num_tasks=3, nonfinite="skip")
+    for t in range(3):
+        loss = model.task_loss(t, x)
+        engine.backward(t, loss * float("inf") if t == 2 else loss)
+    assert engine.combine() is False
+    for p in model.shared():
+        assert torch.equal(p.grad, torch.ones_like(p))
+    # the next step works normally
+    for t in range(3):
+        engine.backward(t, model.task_loss(t, x))
+    assert engine.combine() is True
+
+
+def test_missing_task_and_bad_input_errors() -> None:
+    model = TwoHeads()
+    x = torch.randn(4, 6)
+    engine = TaskGradients(model.shared(), Sum(), num_tasks=3)
+    engine.backward(0, model.task_loss(0, x))
+    with pytest.raises(RuntimeError, match=r"tasks \[1, 2\]"):
+        engine.combine()
+    with pytest.raises(IndexError):
+        engine.backward(3, model.task_loss(0, x))
+    with pytest.raises(ValueError, match="scalar"):
+        TaskGradients(model.shared(), Sum(), num_tasks=3).backward(0, torch.ones(2))
+    with pytest.raises(ValueError, match="empty"):
+        TaskGradients([], Sum())
+    with pytest.raises(ValueError, match="1-D"):
+        mtlkit.backward(torch.ones(2, 2), model.shared(), Sum())
+    with pytest.raises(ValueError, match="losses must have shape"):
+        Sum().combine(torch.ones(3, 4), torch.ones(2))
+    with pytest.raises(ValueError, match=r"\(K, P\)"):
+        Sum().combine(torch.ones(3))
+
+
+def test_k1_engine_equals_plain_backward() -> None:
+    torch.manual_seed(4)
+    model = TwoHeads(k=1)
+    x = torch.randn(4, 6)
+    ref = torch.autograd.grad(model.task_loss(0, x), model.shared(), allow_unused=True)
+    mtlkit.backward([model.task_loss(0, x)], model.shared(), PCGrad())
+    for p, g in zip(model.shared(), ref, strict=True):
+        torch.testing.assert_close(p.grad, g if g is not None else torch.zeros_like(p))
+
+
+def test_registry() -> None:
+    assert {"sum", "mean", "pcgrad", "gradnorm", "weighted"} <= set(mtlkit.list_strategies())
+    s = mtlkit.get_strategy("pcgrad", reduction="mean", seed=1)
+    assert isinstance(s, PCGrad) and s.reduction == "mean"
+    with pytest.raises(KeyError, match="unknown strategy"):
+        mtlkit.get_strategy("nope")
