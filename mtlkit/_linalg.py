@@ -9,34 +9,65 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-#: Number of columns of J processed per chunk when accumulating the Gramian. Chosen so a
-#: K x CHUNK float64 block stays in a core's L2 cache for K up to ~16.
+#: Columns of J per block when forming the Gramian: each block's K x K product is taken
+#: in J's precision (float32) over 16384 terms, and the blocks are summed in float64.
 GRAMIAN_CHUNK = 1 << 14
 
 
 def gramian(matrix: Tensor, chunk: int = GRAMIAN_CHUNK) -> Tensor:
     """Return ``G = J Jᵀ`` (K x K) in float64 for a (K, P) matrix ``J``.
 
-    Float32 inputs are promoted to float64 chunk by chunk, so the dot products of length
-    P are accumulated in float64 without materialising a float64 copy of ``J``. A plain
-    float32 ``J @ J.T`` loses several percent of relative accuracy at P ~ 1e8.
+    One pass over J, no copy of it: the columns are split into blocks of ``chunk``; the
+    K x K products of all blocks are formed by one batched matrix product in float32
+    (float16/bfloat16 inputs are promoted to float32 block by block), and summed in
+    float64. Each float32 dot product then runs over at most ``chunk`` terms, which keeps
+    G within ~1e-7 of the exact value (relative to ``‖g_i‖‖g_j‖``) at any P, where a
+    plain float32 ``J @ J.T`` drifts by 1e-3..1e-2 at P ~ 2e7..1e8. On CUDA, TF32 is
+    switched off for this product.
     """
     if matrix.dim() != 2:
         raise ValueError(f"expected a (K, P) matrix, got shape {tuple(matrix.shape)}")
     k, p = matrix.shape
     if matrix.dtype == torch.float64:
         return matrix @ matrix.T
-    g = torch.zeros((k, k), dtype=torch.float64, device=matrix.device)
-    if p == 0:
+    with _exact_float32_matmul(matrix.device):
+        if matrix.dtype == torch.float32:
+            return _blocked_gramian(matrix, chunk)
+        g = torch.zeros((k, k), dtype=torch.float64, device=matrix.device)
+        step = chunk * 256  # promote low-precision inputs to float32 a slab at a time
+        for start in range(0, p, step):
+            g += _blocked_gramian(matrix[:, start : start + step].float(), chunk)
         return g
-    width = min(chunk, p)
-    buf = torch.empty((k, width), dtype=torch.float64, device=matrix.device)
-    for start in range(0, p, chunk):
-        stop = min(start + chunk, p)
-        block = buf[:, : stop - start]
-        block.copy_(matrix[:, start:stop])
-        g.addmm_(block, block.T)
+
+
+def _blocked_gramian(matrix: Tensor, chunk: int) -> Tensor:
+    k, p = matrix.shape
+    n = p // chunk
+    g = torch.zeros((k, k), dtype=torch.float64, device=matrix.device)
+    if n > 0:
+        blocks = matrix[:, : n * chunk].unflatten(1, (n, chunk)).transpose(0, 1)
+        g += torch.bmm(blocks, blocks.transpose(1, 2)).sum(dim=0, dtype=torch.float64)
+    if n * chunk < p:
+        tail = matrix[:, n * chunk :]
+        g += (tail @ tail.T).double()
     return g
+
+
+class _exact_float32_matmul:
+    """Disable TF32 for CUDA float32 matrix products inside the block (restored after)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.active = device.type == "cuda"
+        self.saved = False
+
+    def __enter__(self) -> None:
+        if self.active:
+            self.saved = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            torch.backends.cuda.matmul.allow_tf32 = self.saved
 
 
 def weighted_sum(weights: Tensor, matrix: Tensor, out: Tensor | None = None) -> Tensor:
