@@ -45,7 +45,7 @@ def _blocked_gramian(matrix: Tensor, chunk: int) -> Tensor:
     n = p // chunk
     g = torch.zeros((k, k), dtype=torch.float64, device=matrix.device)
     if n > 0:
-        blocks = matrix[:, : n * chunk].unflatten(1, (n, chunk)).transpose(0, 1)
+        blocks = matrix[:, : n * chunk].reshape(k, n, chunk).transpose(0, 1)
         g += torch.bmm(blocks, blocks.transpose(1, 2)).sum(dim=0, dtype=torch.float64)
     if n * chunk < p:
         tail = matrix[:, n * chunk :]
