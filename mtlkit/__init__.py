@@ -5,8 +5,12 @@ Three kinds of interchangeable parts and a thin engine that joins them to any lo
 * strategies (:mod:`mtlkit.strategies`): per-task gradients -> one update;
 * the engine (:func:`backward`, :class:`TaskGradients`): losses -> per-task gradients
   -> the strategy's update in ``.grad``;
+* task schedulers (:mod:`mtlkit.schedulers`): which task batches each step sees;
+* pairwise and triplet losses (:mod:`mtlkit.losses`);
+* data-parallel helpers (:mod:`mtlkit.distributed`).
 """
 
+from mtlkit import distributed, losses, schedulers
 from mtlkit.gradients import TaskGradients, backward
 from mtlkit.strategies import (
     GradientStats,
@@ -38,6 +42,9 @@ __all__ = [
     "TaskGradients",
     "Weighted",
     "backward",
+    "distributed",
+    "losses",
+    "schedulers",
     "get_strategy",
     "list_strategies",
 ]

@@ -1,0 +1,68 @@
+"""Data-parallel training with mtlkit (``torch.distributed``).
+
+Gradient strategies must see the *global* per-task gradients: with data parallelism each
+rank only holds the gradients of its shard of each task's batch. The supported recipe:
+
+1. Do **not** wrap the model in ``DistributedDataParallel`` (its reducer would average
+   the shared gradients after each task's backward, which is both K all-reduces and the
+   wrong quantity to combine). Start every rank from the same parameters with
+   :func:`broadcast_parameters`.
+2. Build the engine with ``TaskGradients(shared, strategy, num_tasks=K,
+   process_group=True)``: after the K per-task backward passes, J (K x P) is averaged
+   over the ranks in **one** all-reduce, and every rank runs the strategy on the same
+   global J. Strategies are deterministic functions of J, the losses (also averaged) and
+   their own seeded generators, so with the same seed on every rank they make the same
+   draws and produce bit-identical updates.
+3. Average the task-specific parameters' gradients with :func:`all_reduce_gradients`
+   (one flattened all-reduce), then ``optimizer.step()`` on every rank.
+
+Averaging matches one process on the concatenated batch when every rank's per-task loss
+is a mean over equally many examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = ["all_reduce_gradients", "broadcast_parameters"]
+
+
+def _active(group: Any) -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def broadcast_parameters(module: nn.Module, src: int = 0, group: Any = None) -> None:
+    """Copy ``src``'s parameters and buffers to every rank (no-op without a process group)."""
+    if not _active(group):
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=src, group=group)
+
+
+def all_reduce_gradients(params: Iterable[Tensor], group: Any = None) -> None:
+    """Average ``.grad`` of ``params`` over the ranks in one flattened all-reduce.
+
+    Parameters without a gradient on this rank count as zero (so a task head that saw no
+    examples here still gets the other ranks' contribution).
+    """
+    if not _active(group):
+        return
+    plist = [p for p in params if p.requires_grad]
+    if not plist:
+        return
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in plist]
+    )
+    dist.all_reduce(flat, group=group)
+    flat.div_(dist.get_world_size(group))
+    offset = 0
+    for p in plist:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
