@@ -11,7 +11,7 @@ Three kinds of interchangeable parts and a thin engine that joins them to any lo
 """
 
 from mtlkit import distributed, losses, schedulers
-from mtlkit.gradients import TaskGradients, backward
+from mtlkit.gradients import SharedFeatures, TaskGradients, backward
 from mtlkit.strategies import (
     GradientStats,
     GradNorm,
@@ -37,6 +37,7 @@ __all__ = [
     "Mean",
     "NonFiniteError",
     "PCGrad",
+    "SharedFeatures",
     "Strategy",
     "Sum",
     "TaskGradients",

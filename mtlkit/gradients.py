@@ -38,7 +38,7 @@ from torch import Tensor
 
 from mtlkit.strategies.base import GradientStats, NonFiniteError, Strategy
 
-__all__ = ["TaskGradients", "backward"]
+__all__ = ["SharedFeatures", "TaskGradients", "backward"]
 
 NonFinitePolicy = Literal["raise", "skip"]
 
@@ -384,3 +384,53 @@ def backward(
     engine = TaskGradients(shared_params, strategy, nonfinite=nonfinite)
     engine.backward_all(losses, mode=mode)
     return engine.combine()
+
+
+class SharedFeatures:
+    """Representation-level combination (Sener & Koltun 2018's MGDA-UB idea) for one graph.
+
+    When every task reads one shared representation ``z = encoder(x)``, the per-task
+    gradients can be taken with respect to ``z`` instead of the encoder's parameters:
+    K cheap backward passes through the task heads only, the strategy on the (K, numel(z))
+    matrix, then **one** backward through the encoder with the combined ``dz``. A step
+    then costs about what a summed step costs, however large the encoder.
+
+    What it changes: the strategy measures norms and conflicts between the tasks'
+    gradients of the *features* (batch x width) rather than of the parameters, so its
+    weights differ from the parameter-level ones (PCGrad projects in feature space; for
+    Gramian strategies the encoder still receives ``Σ w_k ∇θ L_k`` with the weights
+    chosen in feature space). Methods that need per-parameter gradients (GradDrop's
+    sign statistics) act on feature coordinates instead.
+
+    Usage::
+
+        z = model.encoder(x)
+        feats = SharedFeatures(z)
+        losses = [head(feats.value) for head in model.heads]   # heads read feats.value
+        feats.backward(losses, strategy)                       # all .grad filled
+        optimizer.step()
+    """
+
+    def __init__(self, features: Tensor) -> None:
+        if not features.requires_grad:
+            raise ValueError("features must be part of the graph (requires_grad)")
+        self.features = features
+        #: The detached leaf the task heads must read.
+        self.value = features.detach().requires_grad_(True)
+
+    def backward(
+        self,
+        losses: Sequence[Tensor] | Tensor,
+        strategy: Strategy,
+        *,
+        nonfinite: NonFinitePolicy = "raise",
+    ) -> bool:
+        """Combine the per-task feature gradients and backpropagate through the encoder.
+
+        Returns ``False`` (nothing written to the encoder) when ``nonfinite="skip"``
+        skipped the step.
+        """
+        ok = backward(losses, [self.value], strategy, nonfinite=nonfinite)
+        if ok and self.value.grad is not None:
+            torch.autograd.backward(self.features, self.value.grad)
+        return ok

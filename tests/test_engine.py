@@ -182,3 +182,34 @@ def test_registry() -> None:
     assert isinstance(s, PCGrad) and s.reduction == "mean"
     with pytest.raises(KeyError, match="unknown strategy"):
         mtlkit.get_strategy("nope")
+
+
+def test_shared_features_gramian_strategy_gives_weighted_parameter_gradient() -> None:
+    """Weights chosen on feature gradients; the encoder receives Σ w_k ∇θ L_k."""
+    torch.manual_seed(5)
+    model = TwoHeads()
+    x = torch.randn(8, 6)
+    z = model.trunk(x)
+    feats = mtlkit.SharedFeatures(z)
+    losses = [(model.heads[t](feats.value) ** 2).mean() * (t + 1) for t in range(3)]
+    strategy = PCGrad(seed=2)
+    assert feats.backward(losses, strategy)
+    assert strategy.last_stats is not None
+    w = strategy.last_stats.weights
+    # reference: per-task parameter gradients weighted by the same w
+    ref_losses = [(model.heads[t](model.trunk(x)) ** 2).mean() * (t + 1) for t in range(3)]
+    params = list(model.trunk.parameters())
+    rows = [
+        torch.cat([g.flatten() for g in torch.autograd.grad(loss, params, retain_graph=True)])
+        for loss in ref_losses
+    ]
+    expected = (w.float()[:, None] * torch.stack(rows)).sum(0)
+    torch.testing.assert_close(_flat_grads(params), expected, rtol=1e-5, atol=1e-6)
+    # heads got their own task's gradient
+    g0 = torch.autograd.grad(ref_losses[0], list(model.heads[0].parameters()))
+    torch.testing.assert_close(model.heads[0].weight.grad, g0[0])
+
+
+def test_shared_features_needs_graph() -> None:
+    with pytest.raises(ValueError, match="requires_grad"):
+        mtlkit.SharedFeatures(torch.ones(3))
