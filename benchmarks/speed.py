@@ -1,0 +1,374 @@
+"""Speed and memory of mtlkit against its peers, as ratios measured side by side.
+
+Sections (each prints a table; all of it is written to ``--out``, a Markdown file):
+
+1. **aggregation** — PCGrad of a K x P per-task gradient matrix (P = 22.7M, MiniLM-L6
+   size, and optionally 110M, BERT-base size): mtlkit vs TorchJD vs a loop in the style of
+   the popular PyTorch port, against one read pass over J (``torch.sum(J, 0, out=...)``);
+   with each output's error relative to an exact float64 computation.
+2. **step** — one-batch-per-task loop on miniBERT (real weights, 3 tasks): a PCGrad step
+   through ``TaskGradients`` vs the same loop with summed gradients (``loss.backward()``
+   per task); and, when all tasks share one batch and graph, the summed one-graph step vs
+   per-task backward through the encoder vs the representation-level ``SharedFeatures``.
+3. **memory** — peak resident memory of the PCGrad loop minus the summed loop, each in a
+   fresh process, against the budget 1.1 x K x P x 4 bytes.
+
+Run from the repository root::
+
+    python benchmarks/speed.py --out benchmarks/results/speed-cpu.md
+
+Needs the ``minbert`` and ``bench`` extras (TorchJD is skipped with a note if missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import mtlkit  # noqa: E402
+from mtlkit import PCGrad, SharedFeatures, TaskGradients  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict:
+    """Median seconds of each function, runs interleaved so noise hits all alike."""
+    for f in fns.values():  # warm-up
+        f()
+    sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            f()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (
+        f"CPU: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; GPU: {gpu}"
+    )
+
+
+# ----------------------------------------------------------------------------- aggregation
+def port_style_pcgrad(matrix: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """PCGrad as the popular PyTorch port writes it: Python loops over task pairs in P-space."""
+    grads = list(matrix)
+    projected = [g.clone() for g in grads]
+    k = len(grads)
+    for i in range(k):
+        order = torch.randperm(k, generator=gen).tolist()
+        for j in order:
+            if j == i:
+                continue
+            dot = torch.dot(projected[i], grads[j])
+            if dot < 0:
+                projected[i] -= dot * grads[j] / (grads[j].norm() ** 2)
+    return torch.stack(projected).sum(dim=0)
+
+
+def exact_pcgrad(matrix: torch.Tensor, seed: int) -> torch.Tensor:
+    """Yu et al. 2020 Algorithm 1 in float64 P-space with mtlkit's documented orders."""
+    k = matrix.shape[0]
+    orders = PCGrad(seed=seed).draw_orders(k).tolist()
+    j64 = matrix.double()
+    total = torch.zeros_like(j64[0])
+    for i in range(k):
+        g = j64[i].clone()
+        for j in orders[i]:
+            dot = g @ j64[j]
+            if dot < 0:
+                g -= dot / (j64[j] @ j64[j]) * j64[j]
+        total += g
+    return total
+
+
+def aggregation(sizes: list[int], ks: list[int], repeats: int, device: torch.device) -> list[dict]:
+    try:
+        from torchjd.aggregation import PCGrad as TorchJDPCGrad
+
+        torchjd: Callable[[torch.Tensor], torch.Tensor] | None = TorchJDPCGrad()
+    except ImportError:
+        torchjd = None
+        print("torchjd not installed (pip install -e '.[bench]'): skipping it")
+    rows = []
+    for p in sizes:
+        for k in ks:
+            gen = torch.Generator(device="cpu").manual_seed(k)
+            matrix = torch.randn(k, p, generator=gen).to(device)
+            # conflicting structure: task pairs share +/- a common direction
+            common = torch.randn(p, generator=gen).to(device)
+            matrix += torch.tensor([(-1.0) ** i for i in range(k)], device=device)[:, None] * common
+            out = torch.empty(p, device=device)
+            ours = PCGrad(seed=0)
+            fns: dict[str, Callable[[], object]] = {
+                "read pass": lambda: torch.sum(matrix, dim=0, out=out),
+                "mtlkit": lambda: ours.combine(matrix, out=out),
+            }
+            if torchjd is not None:
+                fns["torchjd"] = lambda: torchjd(matrix)
+            if p * k <= 8 * 23_000_000 and device.type == "cpu":
+                pg = torch.Generator().manual_seed(0)
+                fns["port loop"] = lambda: port_style_pcgrad(matrix, pg)
+            t = timed(fns, repeats, device)
+            ref = exact_pcgrad(matrix.cpu(), seed=5)
+            mine = PCGrad(seed=5).combine(matrix).double().cpu()
+            err = ((mine - ref).norm() / ref.norm()).item()
+            row = {"P": p, "K": k, **{f"{n} ms": 1e3 * v for n, v in t.items()}, "mtlkit err": err}
+            row["mtlkit / read"] = t["mtlkit"] / t["read pass"]
+            if "torchjd" in t:
+                row["mtlkit / torchjd"] = t["mtlkit"] / t["torchjd"]
+                # TorchJD's PCGrad has its own order rule: compare its Gramian drift instead
+                jd_gram = (matrix @ matrix.T).double().cpu()
+                exact_gram = matrix.double() @ matrix.double().T
+                norms = exact_gram.diagonal().sqrt()
+                scale = (norms[:, None] * norms[None, :]).cpu()
+                row["torchjd gram err"] = ((jd_gram - exact_gram.cpu()).abs() / scale).max().item()
+                ours_gram = mtlkit._linalg.gramian(matrix).cpu()
+                row["mtlkit gram err"] = ((ours_gram - exact_gram.cpu()).abs() / scale).max().item()
+            print(json.dumps(row))
+            rows.append(row)
+            del matrix, out
+    return rows
+
+
+# ----------------------------------------------------------------------------- steps
+def minibert_setup(device: torch.device, batch: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    from examples.minbert.data import Collate, QuoraDataset, SSTDataset, STSDataset
+    from examples.minbert.multitask import MultitaskBert, TaskOptions
+    from examples.minbert.tokenizer import BertTokenizer
+    from examples.minbert.weights import load_pretrained
+
+    torch.manual_seed(seed)
+    encoder, _, _ = load_pretrained(
+        None, config_overrides={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    )
+    options = TaskOptions(quora_structure="cosine", sts_structure="cosine", dropout=0.0)
+    model = MultitaskBert(encoder, options).to(device)
+    tok = BertTokenizer.from_folder(None)
+    sets = [
+        SSTDataset.load("train", limit=batch),
+        QuoraDataset.load("train", limit=batch),
+        STSDataset.load("train", limit=batch),
+    ]
+    batches = [
+        Collate(tok, pair_mode=options.pair_mode(t))(ds.examples).to(device)
+        for t, ds in zip(("sst", "quora", "sts"), sets, strict=True)
+    ]
+    return model, batches
+
+
+def steps(device: torch.device, batch: int, repeats: int) -> dict:
+    model, batches = minibert_setup(device, batch)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every step sees the same model
+    shared = model.shared_parameters()
+    engine = TaskGradients(shared, PCGrad(seed=0), num_tasks=3)
+
+    def summed() -> None:
+        opt.zero_grad(set_to_none=True)
+        for t, b in enumerate(batches):
+            model.task_loss(t, b).backward()
+        opt.step()
+
+    def pcgrad() -> None:
+        opt.zero_grad(set_to_none=True)
+        for t, b in enumerate(batches):
+            engine.backward(t, model.task_loss(t, b))
+        engine.combine()
+        opt.step()
+
+    t = timed({"summed loop": summed, "pcgrad loop": pcgrad}, repeats, device)
+    res = {f"{k} s": v for k, v in t.items()}
+    res["pcgrad / summed"] = t["pcgrad loop"] / t["summed loop"]
+
+    # one batch and one graph for all tasks: SST sentences feed three heads
+    sst = batches[0]
+    y_q = (sst.labels % 2).float()
+    y_s = sst.labels.float()
+
+    def head_losses(z: torch.Tensor) -> list[torch.Tensor]:
+        return [
+            torch.nn.functional.cross_entropy(model.sst_head(z), sst.labels),
+            torch.nn.functional.binary_cross_entropy_with_logits(
+                (z @ model.sst_head.weight[0]), y_q
+            ),
+            torch.nn.functional.mse_loss(z.mean(-1), y_s),
+        ]
+
+    def one_graph_sum() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.stack(head_losses(model.embed(sst.inputs))).sum().backward()
+        opt.step()
+
+    def one_graph_param_level() -> None:
+        opt.zero_grad(set_to_none=True)
+        mtlkit.backward(head_losses(model.embed(sst.inputs)), shared, PCGrad(seed=0))
+        opt.step()
+
+    def one_graph_features() -> None:
+        opt.zero_grad(set_to_none=True)
+        feats = SharedFeatures(model.embed(sst.inputs))
+        feats.backward(head_losses(feats.value), PCGrad(seed=0))
+        opt.step()
+
+    t2 = timed(
+        {"sum": one_graph_sum, "param": one_graph_param_level, "features": one_graph_features},
+        repeats,
+        device,
+    )
+    res["one-graph summed s"] = t2["sum"]
+    res["one-graph per-task backward / summed"] = t2["param"] / t2["sum"]
+    res["one-graph SharedFeatures / summed"] = t2["features"] / t2["sum"]
+    res["P"] = sum(p.numel() for p in shared)
+    print(json.dumps(res))
+    return res
+
+
+# ----------------------------------------------------------------------------- memory
+def _vm_hwm() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _peak_child(kind: str, batch: int, n: int) -> None:
+    """Peak RSS of n training steps, counted from after the set-up (Linux clear_refs)."""
+    import gc
+
+    model, batches = minibert_setup(torch.device("cpu"), batch)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    engine = TaskGradients(model.shared_parameters(), PCGrad(seed=0), num_tasks=3)
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current RSS
+    base = _vm_hwm()
+    for _ in range(n):
+        opt.zero_grad(set_to_none=True)
+        for t, b in enumerate(batches):
+            loss = model.task_loss(t, b)
+            if kind == "pcgrad":
+                engine.backward(t, loss)
+            else:
+                loss.backward()
+        if kind == "pcgrad":
+            engine.combine()
+        opt.step()
+    print(_vm_hwm() - base)
+
+
+def memory(batch: int) -> dict:
+    peaks = {}
+    for kind in ("summed", "pcgrad"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--_child", kind, "--batch", str(batch)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        peaks[kind] = int(out.stdout.strip().splitlines()[-1])
+    from examples.minbert.weights import load_pretrained
+
+    enc, _, _ = load_pretrained(None)
+    p = sum(x.numel() for x in enc.parameters())
+    res = {
+        "summed loop peak growth MiB": peaks["summed"] / 2**20,
+        "pcgrad loop peak growth MiB": peaks["pcgrad"] / 2**20,
+        "extra MiB": (peaks["pcgrad"] - peaks["summed"]) / 2**20,
+        "budget 1.1*K*P*4 MiB": 1.1 * 3 * p * 4 / 2**20,
+    }
+    print(json.dumps(res))
+    return res
+
+
+def table(rows: list[dict]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = []
+        for k in keys:
+            v = r.get(k, "")
+            if isinstance(v, float):
+                v = f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.3f}"
+            cells.append(str(v))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--sizes", default="22700000", help="comma-separated P values")
+    ap.add_argument("--ks", default="2,3,8")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--sections", default="aggregation,step,memory")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        _peak_child(args._child, args.batch, 3)
+        return
+    device = torch.device(args.device)
+    sections = args.sections.split(",")
+    report = [
+        f"# mtlkit speed benchmark\n\nCommand: `python benchmarks/{Path(__file__).name} "
+        + " ".join(sys.argv[1:])
+        + f"`\n\nMachine: {machine()}\n"
+    ]
+    if "aggregation" in sections:
+        rows = aggregation(
+            [int(s) for s in args.sizes.split(",")],
+            [int(k) for k in args.ks.split(",")],
+            args.repeats,
+            device,
+        )
+        report.append("## PCGrad aggregation (medians, interleaved)\n\n" + table(rows) + "\n")
+    if "step" in sections:
+        res = steps(device, args.batch, args.repeats)
+        report.append("## miniBERT step, 3 tasks (medians, interleaved)\n\n" + table([res]) + "\n")
+    if "memory" in sections and device.type == "cpu":
+        res = memory(args.batch)
+        report.append(
+            "## Peak memory (growth of max RSS over 3 steps after set-up, fresh process each)\n\n"
+            + table([res])
+            + "\n"
+        )
+    text = "\n".join(report)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
