@@ -112,52 +112,62 @@ def exact_pcgrad(matrix: torch.Tensor, seed: int) -> torch.Tensor:
     return total
 
 
-def aggregation(sizes: list[int], ks: list[int], repeats: int, device: torch.device) -> list[dict]:
+def _torchjd_pcgrad() -> Callable[[torch.Tensor], torch.Tensor] | None:
     try:
         from torchjd.aggregation import PCGrad as TorchJDPCGrad
-
-        torchjd: Callable[[torch.Tensor], torch.Tensor] | None = TorchJDPCGrad()
     except ImportError:
-        torchjd = None
         print("torchjd not installed (pip install -e '.[bench]'): skipping it")
+        return None
+    return TorchJDPCGrad()  # type: ignore[no-any-return]
+
+
+def _aggregate_one(
+    p: int, k: int, repeats: int, device: torch.device, torchjd: Callable | None
+) -> dict:
+    gen = torch.Generator(device="cpu").manual_seed(k)
+    matrix = torch.randn(k, p, generator=gen).to(device)
+    # conflicting structure: the tasks share +/- one common direction
+    common = torch.randn(p, generator=gen).to(device)
+    signs = torch.tensor([(-1.0) ** i for i in range(k)], device=device)
+    matrix += signs[:, None] * common
+    out = torch.empty(p, device=device)
+    ours = PCGrad(seed=0)
+    fns: dict[str, Callable[[], object]] = {
+        "read pass": lambda: torch.sum(matrix, dim=0, out=out),
+        "mtlkit": lambda: ours.combine(matrix, out=out),
+    }
+    if torchjd is not None:
+        fns["torchjd"] = lambda: torchjd(matrix)
+    if p * k <= 8 * 23_000_000 and device.type == "cpu":
+        pg = torch.Generator().manual_seed(0)
+        fns["port loop"] = lambda: port_style_pcgrad(matrix, pg)
+    t = timed(fns, repeats, device)
+    ref = exact_pcgrad(matrix.cpu(), seed=5)
+    mine = PCGrad(seed=5).combine(matrix).double().cpu()
+    row = {"P": p, "K": k, **{f"{n} ms": 1e3 * v for n, v in t.items()}}
+    row["mtlkit err"] = ((mine - ref).norm() / ref.norm()).item()
+    row["mtlkit / read"] = t["mtlkit"] / t["read pass"]
+    if "torchjd" in t:
+        row["mtlkit / torchjd"] = t["mtlkit"] / t["torchjd"]
+    # Gramian drift (TorchJD forms G = J Jᵀ in float32; its PCGrad uses its own orders)
+    exact_gram = (matrix.double() @ matrix.double().T).cpu()
+    norms = exact_gram.diagonal().sqrt()
+    scale = norms[:, None] * norms[None, :]
+    f32_gram = (matrix @ matrix.T).double().cpu()
+    row["float32 J@J.T err"] = ((f32_gram - exact_gram).abs() / scale).max().item()
+    ours_gram = mtlkit._linalg.gramian(matrix).cpu()
+    row["mtlkit gram err"] = ((ours_gram - exact_gram).abs() / scale).max().item()
+    return row
+
+
+def aggregation(sizes: list[int], ks: list[int], repeats: int, device: torch.device) -> list[dict]:
+    torchjd = _torchjd_pcgrad()
     rows = []
     for p in sizes:
         for k in ks:
-            gen = torch.Generator(device="cpu").manual_seed(k)
-            matrix = torch.randn(k, p, generator=gen).to(device)
-            # conflicting structure: task pairs share +/- a common direction
-            common = torch.randn(p, generator=gen).to(device)
-            matrix += torch.tensor([(-1.0) ** i for i in range(k)], device=device)[:, None] * common
-            out = torch.empty(p, device=device)
-            ours = PCGrad(seed=0)
-            fns: dict[str, Callable[[], object]] = {
-                "read pass": lambda: torch.sum(matrix, dim=0, out=out),
-                "mtlkit": lambda: ours.combine(matrix, out=out),
-            }
-            if torchjd is not None:
-                fns["torchjd"] = lambda: torchjd(matrix)
-            if p * k <= 8 * 23_000_000 and device.type == "cpu":
-                pg = torch.Generator().manual_seed(0)
-                fns["port loop"] = lambda: port_style_pcgrad(matrix, pg)
-            t = timed(fns, repeats, device)
-            ref = exact_pcgrad(matrix.cpu(), seed=5)
-            mine = PCGrad(seed=5).combine(matrix).double().cpu()
-            err = ((mine - ref).norm() / ref.norm()).item()
-            row = {"P": p, "K": k, **{f"{n} ms": 1e3 * v for n, v in t.items()}, "mtlkit err": err}
-            row["mtlkit / read"] = t["mtlkit"] / t["read pass"]
-            if "torchjd" in t:
-                row["mtlkit / torchjd"] = t["mtlkit"] / t["torchjd"]
-                # TorchJD's PCGrad has its own order rule: compare its Gramian drift instead
-                jd_gram = (matrix @ matrix.T).double().cpu()
-                exact_gram = matrix.double() @ matrix.double().T
-                norms = exact_gram.diagonal().sqrt()
-                scale = (norms[:, None] * norms[None, :]).cpu()
-                row["torchjd gram err"] = ((jd_gram - exact_gram.cpu()).abs() / scale).max().item()
-                ours_gram = mtlkit._linalg.gramian(matrix).cpu()
-                row["mtlkit gram err"] = ((ours_gram - exact_gram.cpu()).abs() / scale).max().item()
+            row = _aggregate_one(p, k, repeats, device, torchjd)
             print(json.dumps(row))
             rows.append(row)
-            del matrix, out
     return rows
 
 
