@@ -1,0 +1,484 @@
+"""Readers, datasets and batch collation for the three miniBERT tasks.
+
+The files use the format of the Stanford CS224N multitask-BERT project (see ``data/README.md``):
+tab-separated, a header line whose first column (a row index) has an empty name, quoted
+fields with doubled quotes. Columns:
+
+==========  =====================================================  ==========================
+task        columns after the row index                            label
+==========  =====================================================  ==========================
+SST         ``id, sentence, sentiment``                            int 0..4
+Quora       ``id, sentence1, sentence2, is_duplicate``             0 / 1 (written 0.0 / 1.0)
+STS         ``id, sentence1, sentence2, similarity``               float 0.0..5.0
+==========  =====================================================  ==========================
+
+Bad rows. A row with the wrong number of fields, an empty sentence, or a label that is empty,
+not a number or out of range is *bad*; it is reported with its file and line number (the
+header is line 1). By default bad rows are skipped and **one** :class:`DataWarning` per file
+lists them; with ``strict=True`` the first bad row raises :class:`DataError`. The shipped
+``quora-train.csv`` has two such rows (lines 2026 and 11224), inherited from the source.
+A file that is empty, lacks the header, or has other columns (e.g. an STS file given to the
+SST reader) always raises :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, Literal, TypeVar
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .tokenizer import BertTokenizer, Encoded
+
+__all__ = [
+    "Batch",
+    "Collate",
+    "DataError",
+    "DataWarning",
+    "ExampleDataset",
+    "ParaphraseExample",
+    "QuoraDataset",
+    "SSTDataset",
+    "STSDataset",
+    "SentimentExample",
+    "SimilarityExample",
+    "collate",
+    "dataset_path",
+    "default_data_dir",
+    "read_quora",
+    "read_sst",
+    "read_sts",
+]
+
+SST_NUM_CLASSES = 5
+STS_MAX_SCORE = 5.0
+_MAX_LISTED = 10
+
+Split = Literal["train", "dev"]
+Task = Literal["sst", "quora", "sts"]
+PairMode = Literal["cross", "siamese"]
+
+
+class DataError(ValueError):
+    """A data file cannot be used; the message names the file and line."""
+
+
+class DataWarning(UserWarning):
+    """Bad rows were skipped while reading a data file; the message names them."""
+
+
+# --------------------------------------------------------------------------------------------
+# Examples
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SentimentExample:
+    """One SST sentence with its sentiment class (0 very negative .. 4 very positive)."""
+
+    uid: str
+    sentence: str
+    label: int
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class ParaphraseExample:
+    """One Quora question pair; ``label`` is 1 for duplicates, 0 otherwise."""
+
+    uid: str
+    sentence1: str
+    sentence2: str
+    label: int
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class SimilarityExample:
+    """One STS sentence pair with its similarity score in [0, 5]."""
+
+    uid: str
+    sentence1: str
+    sentence2: str
+    score: float
+    line: int = 0
+
+
+Example = SentimentExample | ParaphraseExample | SimilarityExample
+E = TypeVar("E", SentimentExample, ParaphraseExample, SimilarityExample)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def default_data_dir() -> Path:
+    """The folder of data files shipped with the example."""
+    return Path(__file__).parent / "data"
+
+
+def dataset_path(task: Task, split: Split, data_dir: str | Path | None = None) -> Path:
+    """Path of ``{task}-{split}.csv`` in ``data_dir`` (default: :func:`default_data_dir`)."""
+    if task not in ("sst", "quora", "sts"):
+        raise ValueError(f"unknown task {task!r}; expected 'sst', 'quora' or 'sts'")
+    if split not in ("train", "dev"):
+        raise ValueError(f"unknown split {split!r}; expected 'train' or 'dev'")
+    folder = default_data_dir() if data_dir is None else Path(data_dir)
+    return folder / f"{task}-{split}.csv"
+
+
+class _BadRow(Exception):
+    """Internal: a row that breaks the format (message says how)."""
+
+
+def _sentence(value: str, column: str) -> str:
+    text = value.strip()
+    if not text:
+        raise _BadRow(f"empty {column}")
+    return text
+
+
+def _number(value: str, column: str) -> float:
+    text = value.strip()
+    if not text:
+        raise _BadRow(f"empty {column}")
+    try:
+        number = float(text)
+    except ValueError:
+        raise _BadRow(f"{column} {text!r} is not a number") from None
+    if not math.isfinite(number):
+        raise _BadRow(f"{column} {text!r} is not a finite number")
+    return number
+
+
+def _class_label(value: str, column: str, num_classes: int) -> int:
+    number = _number(value, column)
+    if not number.is_integer() or not 0 <= number < num_classes:
+        allowed = "0 or 1" if num_classes == 2 else f"an integer in 0..{num_classes - 1}"
+        raise _BadRow(f"{column} {value.strip()!r} out of range (expected {allowed})")
+    return int(number)
+
+
+def _parse_sst(row: list[str], line: int) -> SentimentExample:
+    _, uid, sentence, label = row
+    return SentimentExample(
+        uid=uid,
+        sentence=_sentence(sentence, "sentence"),
+        label=_class_label(label, "sentiment", SST_NUM_CLASSES),
+        line=line,
+    )
+
+
+def _parse_quora(row: list[str], line: int) -> ParaphraseExample:
+    _, uid, s1, s2, label = row
+    return ParaphraseExample(
+        uid=uid,
+        sentence1=_sentence(s1, "sentence1"),
+        sentence2=_sentence(s2, "sentence2"),
+        label=_class_label(label, "is_duplicate", 2),
+        line=line,
+    )
+
+
+def _parse_sts(row: list[str], line: int) -> SimilarityExample:
+    _, uid, s1, s2, score = row
+    value = _number(score, "similarity")
+    if not 0.0 <= value <= STS_MAX_SCORE:
+        raise _BadRow(f"similarity {score.strip()!r} out of range (expected 0.0..{STS_MAX_SCORE})")
+    return SimilarityExample(
+        uid=uid,
+        sentence1=_sentence(s1, "sentence1"),
+        sentence2=_sentence(s2, "sentence2"),
+        score=value,
+        line=line,
+    )
+
+
+def _read(
+    path: str | Path,
+    columns: tuple[str, ...],
+    parse: Callable[[list[str], int], E],
+    *,
+    strict: bool,
+    limit: int | None,
+) -> list[E]:
+    """Read a CS224N-format file: check the header, parse rows, apply the bad-row policy."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be non-negative, got {limit}")
+    header = ["", *columns]
+    examples: list[E] = []
+    bad: list[str] = []
+    end = 0  # last physical line read so far
+    try:
+        # utf-8-sig: a byte-order mark, if any, is not part of the first column's name.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter="\t")
+            found = next(reader, None)
+            if found is None:
+                raise DataError(f"{path}:1: empty file (expected the header {_tabbed(header)})")
+            if [c.strip() for c in found] != header:
+                raise DataError(
+                    f"{path}:1: wrong or missing header: expected columns {_tabbed(header)}, "
+                    f"found {_tabbed(found)}"
+                )
+            end = reader.line_num
+            for row in reader:
+                # A quoted field may span lines: report the row's first line.
+                line, end = end + 1, reader.line_num
+                if limit is not None and len(examples) >= limit:
+                    break
+                try:
+                    if len(row) != len(header):
+                        raise _BadRow(f"expected {len(header)} fields, found {len(row)}")
+                    examples.append(parse(row, line))
+                except _BadRow as exc:
+                    if strict:
+                        raise DataError(f"{path}:{line}: {exc}") from None
+                    bad.append(f"{path.name}:{line} ({exc})")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8 text ({exc})") from exc
+    except csv.Error as exc:
+        raise DataError(f"{path}:{end + 1}: malformed CSV ({exc})") from exc
+    if bad:
+        shown = ", ".join(bad[:_MAX_LISTED])
+        if len(bad) > _MAX_LISTED:
+            shown += f", ... and {len(bad) - _MAX_LISTED} more"
+        warnings.warn(
+            f"{path}: skipped {len(bad)} bad row{'s' if len(bad) > 1 else ''}: {shown}",
+            DataWarning,
+            stacklevel=3,
+        )
+    return examples
+
+
+def _tabbed(columns: Sequence[str]) -> str:
+    return "[" + ", ".join(repr(c) for c in columns) + "]"
+
+
+def read_sst(
+    path: str | Path, *, strict: bool = False, limit: int | None = None
+) -> list[SentimentExample]:
+    """Read an SST file (``id, sentence, sentiment``).
+
+    Args:
+        path: the file.
+        strict: raise :class:`DataError` on the first bad row instead of skipping it.
+        limit: stop after this many good examples (quick runs); the rest is not read.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataError: empty file, wrong header, undecodable text, or (strict) a bad row.
+    """
+    return _read(path, ("id", "sentence", "sentiment"), _parse_sst, strict=strict, limit=limit)
+
+
+def read_quora(
+    path: str | Path, *, strict: bool = False, limit: int | None = None
+) -> list[ParaphraseExample]:
+    """Read a Quora file (``id, sentence1, sentence2, is_duplicate``); see :func:`read_sst`."""
+    columns = ("id", "sentence1", "sentence2", "is_duplicate")
+    return _read(path, columns, _parse_quora, strict=strict, limit=limit)
+
+
+def read_sts(
+    path: str | Path, *, strict: bool = False, limit: int | None = None
+) -> list[SimilarityExample]:
+    """Read an STS file (``id, sentence1, sentence2, similarity``); see :func:`read_sst`."""
+    columns = ("id", "sentence1", "sentence2", "similarity")
+    return _read(path, columns, _parse_sts, strict=strict, limit=limit)
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+
+
+class ExampleDataset(Dataset[E], Generic[E]):
+    """A map-style dataset over a list of examples."""
+
+    def __init__(self, examples: Sequence[E]) -> None:
+        self.examples: list[E] = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> E:
+        return self.examples[index]
+
+
+class SSTDataset(ExampleDataset[SentimentExample]):
+    """SST-5 sentiment classification."""
+
+    @classmethod
+    def load(
+        cls,
+        split: Split,
+        data_dir: str | Path | None = None,
+        *,
+        strict: bool = False,
+        limit: int | None = None,
+    ) -> SSTDataset:
+        """Read ``sst-{split}.csv`` from ``data_dir`` (default: the shipped files)."""
+        return cls(read_sst(dataset_path("sst", split, data_dir), strict=strict, limit=limit))
+
+
+class QuoraDataset(ExampleDataset[ParaphraseExample]):
+    """Quora Question Pairs paraphrase detection."""
+
+    @classmethod
+    def load(
+        cls,
+        split: Split,
+        data_dir: str | Path | None = None,
+        *,
+        strict: bool = False,
+        limit: int | None = None,
+    ) -> QuoraDataset:
+        """Read ``quora-{split}.csv`` from ``data_dir`` (default: the shipped files)."""
+        return cls(read_quora(dataset_path("quora", split, data_dir), strict=strict, limit=limit))
+
+
+class STSDataset(ExampleDataset[SimilarityExample]):
+    """STS Benchmark semantic textual similarity."""
+
+    @classmethod
+    def load(
+        cls,
+        split: Split,
+        data_dir: str | Path | None = None,
+        *,
+        strict: bool = False,
+        limit: int | None = None,
+    ) -> STSDataset:
+        """Read ``sts-{split}.csv`` from ``data_dir`` (default: the shipped files)."""
+        return cls(read_sts(dataset_path("sts", split, data_dir), strict=strict, limit=limit))
+
+
+# --------------------------------------------------------------------------------------------
+# Collation
+# --------------------------------------------------------------------------------------------
+
+
+def _move(encoded: Encoded, fn: Callable[[Tensor], Tensor]) -> Encoded:
+    return {k: fn(v) for k, v in encoded.items()}
+
+
+@dataclass
+class Batch:
+    """A collated batch.
+
+    Attributes:
+        inputs: the tokenized input: the sentence (SST), the pair joined as
+            ``[CLS] a [SEP] b [SEP]`` (cross-encoder mode), or the first sentence (Siamese).
+        labels: (B,) int64 class labels (SST, Quora) or float32 scores (STS).
+        inputs_b: the second sentence, encoded separately (Siamese mode only).
+    """
+
+    inputs: Encoded
+    labels: Tensor
+    inputs_b: Encoded | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The batch on ``device``."""
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        return Batch(
+            inputs=_move(self.inputs, move),
+            labels=move(self.labels),
+            inputs_b=None if self.inputs_b is None else _move(self.inputs_b, move),
+        )
+
+    def pin_memory(self) -> Batch:
+        """The batch in pinned memory (called by ``DataLoader(pin_memory=True)``)."""
+        return Batch(
+            inputs=_move(self.inputs, Tensor.pin_memory),
+            labels=self.labels.pin_memory(),
+            inputs_b=None if self.inputs_b is None else _move(self.inputs_b, Tensor.pin_memory),
+        )
+
+
+def collate(
+    examples: Sequence[Example],
+    tokenizer: BertTokenizer,
+    *,
+    pair_mode: PairMode = "cross",
+    max_length: int | None = None,
+) -> Batch:
+    """Tokenize a list of examples of one kind into a padded :class:`Batch`.
+
+    Args:
+        examples: all :class:`SentimentExample`, or all pair examples.
+        tokenizer: the tokenizer (padding is dynamic: to the longest sequence of the batch).
+        pair_mode: for pairs, ``"cross"`` encodes ``[CLS] a [SEP] b [SEP]`` with segment ids
+            0/1 into ``inputs``; ``"siamese"`` encodes the two sentences separately into
+            ``inputs`` and ``inputs_b``.
+        max_length: truncation length (default: the tokenizer's); in cross mode it bounds the
+            joined pair.
+    """
+    if len(examples) == 0:
+        raise ValueError("cannot collate an empty batch")
+    kind = type(examples[0])
+    if any(type(e) is not kind for e in examples):
+        names = sorted({type(e).__name__ for e in examples})
+        raise TypeError(f"a batch mixes example types: {names}")
+    if pair_mode not in ("cross", "siamese"):
+        raise ValueError(f"pair_mode must be 'cross' or 'siamese', got {pair_mode!r}")
+    if kind is SentimentExample:
+        sst = [e for e in examples if isinstance(e, SentimentExample)]
+        labels = torch.tensor([e.label for e in sst], dtype=torch.long)
+        return Batch(tokenizer.encode([e.sentence for e in sst], max_length=max_length), labels)
+    pairs = [e for e in examples if isinstance(e, ParaphraseExample | SimilarityExample)]
+    if kind is ParaphraseExample:
+        labels = torch.tensor(
+            [e.label for e in pairs if isinstance(e, ParaphraseExample)], dtype=torch.long
+        )
+    elif kind is SimilarityExample:
+        scores = [e.score for e in pairs if isinstance(e, SimilarityExample)]
+        labels = torch.tensor(scores, dtype=torch.float32)
+    else:
+        raise TypeError(f"cannot collate {kind.__name__}")
+    first = [e.sentence1 for e in pairs]
+    second = [e.sentence2 for e in pairs]
+    if pair_mode == "cross":
+        return Batch(tokenizer.encode(first, second, max_length=max_length), labels)
+    return Batch(
+        tokenizer.encode(first, max_length=max_length),
+        labels,
+        tokenizer.encode(second, max_length=max_length),
+    )
+
+
+class Collate:
+    """``collate_fn`` for a ``DataLoader``: :func:`collate` with fixed options (picklable)."""
+
+    def __init__(
+        self,
+        tokenizer: BertTokenizer,
+        *,
+        pair_mode: PairMode = "cross",
+        max_length: int | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.pair_mode: PairMode = pair_mode
+        self.max_length = max_length
+
+    def __call__(self, examples: Sequence[Example]) -> Batch:
+        return collate(
+            examples, self.tokenizer, pair_mode=self.pair_mode, max_length=self.max_length
+        )
