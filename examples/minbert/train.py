@@ -9,6 +9,7 @@ per-task gradients with the chosen strategy, then steps the optimizer.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 import mtlkit
 from mtlkit import schedulers as sch
+from mtlkit.strategies.base import strategy_class
 
 from . import metrics
 from .data import Collate, QuoraDataset, SSTDataset, STSDataset
@@ -163,9 +165,28 @@ def build_scheduler(cfg: TrainConfig, sizes: Sequence[int]) -> sch.TaskScheduler
     )
 
 
-def build_optimizer(model: MultitaskBert, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_strategy(cfg: TrainConfig, device: torch.device) -> mtlkit.Strategy:
+    """The configured strategy; ``num_tasks`` is filled in for those that take it."""
+    options = dict(cfg.strategy_options)
+    cls = strategy_class(cfg.strategy)
+    if "num_tasks" in inspect.signature(cls).parameters and "num_tasks" not in options:
+        options["num_tasks"] = len(TASKS)
+    strategy = mtlkit.get_strategy(cfg.strategy, **options)
+    to = getattr(strategy, "to", None)
+    if callable(to):
+        to(device)
+    return strategy
+
+
+def build_optimizer(
+    model: MultitaskBert, cfg: TrainConfig, strategy: mtlkit.Strategy | None = None
+) -> torch.optim.Optimizer:
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
     heads = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    # learnable strategy parameters (uncertainty weighting's log-variances)
+    params = getattr(strategy, "parameters", None)
+    if callable(params):
+        heads += list(params())
     groups = [{"params": heads, "lr": cfg.head_lr}]
     if enc:
         groups.insert(0, {"params": enc, "lr": cfg.lr})
@@ -302,7 +323,7 @@ class Trainer:
         self.loader = sch.MultiTaskLoader(
             self.train_sets, self.scheduler, collates, seed=cfg.seed + 1000 * self.rank
         )
-        self.strategy = mtlkit.get_strategy(cfg.strategy, **cfg.strategy_options)
+        self.strategy = build_strategy(cfg, self.device)
         shared = self.model.shared_parameters()
         self.engine = (
             mtlkit.TaskGradients(
@@ -314,7 +335,7 @@ class Trainer:
             if shared
             else None
         )
-        self.optimizer = build_optimizer(self.model, cfg)
+        self.optimizer = build_optimizer(self.model, cfg, self.strategy)
         total = cfg.epochs * len(self.loader)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_linear(total, int(cfg.warmup_ratio * total))

@@ -35,6 +35,7 @@ __all__ = [
     "get_strategy",
     "list_strategies",
     "register",
+    "strategy_class",
 ]
 
 
@@ -243,12 +244,17 @@ def register(name: str) -> Callable[[S], S]:
     return deco
 
 
-def get_strategy(name: str, **kwargs: Any) -> Strategy:
-    """Build a registered strategy by name, e.g. ``get_strategy("pcgrad", seed=0)``."""
+def strategy_class(name: str) -> type[Strategy]:
+    """The class registered under ``name`` (case and ``_``/``-`` insensitive)."""
     key = name.lower().replace("_", "-")
     if key not in _REGISTRY:
         raise KeyError(f"unknown strategy {name!r}; choose one of {', '.join(list_strategies())}")
-    return _REGISTRY[key](**kwargs)
+    return _REGISTRY[key]
+
+
+def get_strategy(name: str, **kwargs: Any) -> Strategy:
+    """Build a registered strategy by name, e.g. ``get_strategy("pcgrad", seed=0)``."""
+    return strategy_class(name)(**kwargs)
 
 
 def list_strategies() -> list[str]:
