@@ -122,7 +122,7 @@ def _aggregate_one(
     }
     if torchjd is not None:
         fns["torchjd"] = lambda: torchjd(matrix)
-    if p * k <= 8 * 23_000_000 and device.type == "cpu":
+    if p * k <= 8 * 23_000_000:
         pg = torch.Generator().manual_seed(0)
         fns["port loop"] = lambda: port_style_pcgrad(matrix, pg)
     t = timed(fns, repeats, device)
@@ -156,19 +156,30 @@ def aggregation(sizes: list[int], ks: list[int], repeats: int, device: torch.dev
 
 
 # ----------------------------------------------------------------------------- steps
+#: Checkpoint folder for the miniBERT sections (None: the embedded all-MiniLM-L6-v2), and
+#: whether to use random weights of its config (speed does not depend on the values; for a
+#: machine without the weights package, a folder with config.json and vocab.txt will do).
+WEIGHTS: dict[str, object] = {"folder": None, "random": False}
+
+
 def minibert_setup(device: torch.device, batch: int, seed: int = 0):  # type: ignore[no-untyped-def]
     from examples.minbert.data import Collate, QuoraDataset, SSTDataset, STSDataset
+    from examples.minbert.model import BertConfig, BertModel
     from examples.minbert.multitask import MultitaskBert, TaskOptions
     from examples.minbert.tokenizer import BertTokenizer
     from examples.minbert.weights import load_pretrained
 
     torch.manual_seed(seed)
-    encoder, _, _ = load_pretrained(
-        None, config_overrides={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    )
+    folder = WEIGHTS["folder"]
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    if WEIGHTS["random"]:
+        cfg = BertConfig.from_json(Path(str(folder)) / "config.json")
+        encoder = BertModel(BertConfig.from_dict({**cfg.to_dict(), **no_dropout}))
+    else:
+        encoder, _, _ = load_pretrained(folder, config_overrides=no_dropout)  # type: ignore[arg-type]
     options = TaskOptions(quora_structure="cosine", sts_structure="cosine", dropout=0.0)
     model = MultitaskBert(encoder, options).to(device)
-    tok = BertTokenizer.from_folder(None)
+    tok = BertTokenizer.from_folder(folder)  # type: ignore[arg-type]
     sets = [
         SSTDataset.load("train", limit=batch),
         QuoraDataset.load("train", limit=batch),
@@ -327,11 +338,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--sections", default="aggregation,step,memory")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--weights", default=None, help="checkpoint folder (default: embedded)")
+    ap.add_argument(
+        "--random-init",
+        action="store_true",
+        help="random weights of --weights' config.json (timing only)",
+    )
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
         _peak_child(args._child, args.batch, 3)
         return
+    WEIGHTS.update(folder=args.weights, random=args.random_init)
     device = torch.device(args.device)
     sections = args.sections.split(",")
     report = [
