@@ -79,13 +79,15 @@ class TaskGradients:
             :class:`~mtlkit.strategies.NonFiniteError` naming the task and step.
             ``"skip"``: :meth:`combine` returns ``False`` and leaves the shared ``.grad``
             and the strategy's state untouched; skip ``optimizer.step()`` then.
-        scaler: a ``torch.amp.GradScaler`` when training in float16: J is unscaled before
-            the strategy sees it, and the combined update is scaled back into ``.grad`` so
-            ``scaler.step(optimizer)`` works as usual (on overflow the update is written
-            as inf, so the scaler skips the step and lowers its scale).
-        process_group: for data-parallel training, J is all-reduced (averaged) over this
-            group (or the default group when ``True``) before the strategy sees it, so
-            every rank combines the *global* per-task gradients.
+        scaler: a ``torch.amp.GradScaler`` when training in float16: pass the scaled
+            losses (``backward(task, scaler.scale(loss))``); J and the losses are unscaled
+            before the strategy sees them, and the combined update is scaled back into
+            ``.grad`` so ``scaler.step(optimizer)`` works as usual (on overflow the update
+            is written as inf, so the scaler skips the step and lowers its scale).
+        process_group: for data-parallel training, J and the losses are all-reduced
+            (averaged) over this group (or the default group when ``True``) before the
+            strategy sees them, so every rank combines the *global* per-task gradients
+            (loss weightings: weights from the global losses, shared gradient averaged).
     """
 
     def __init__(
@@ -307,34 +309,82 @@ class TaskGradients:
             self._done = set()
             self.step_count += 1
 
+    def _group(self) -> tuple[bool, Any]:
+        """Whether to all-reduce over ``process_group`` (initialised), and the group."""
+        if self.process_group is None or self.process_group is False:
+            return False, None
+        if not (dist.is_available() and dist.is_initialized()):
+            return False, None
+        return True, None if self.process_group is True else self.process_group
+
+    def _scale(self) -> Tensor | None:
+        """The GradScaler's current scale (None without an enabled scaler)."""
+        if self.scaler is None or not self.scaler.is_enabled():
+            return None
+        return _scaler_scale(self.scaler).to(self.device)
+
     def _combine_losses(self, step: int) -> bool:
         assert self.num_tasks is not None
         losses = torch.stack([self._losses[t] for t in range(self.num_tasks)])
+        scale = self._scale()
+        if scale is not None:  # the losses were scaled: weigh the true ones
+            losses = losses / scale.to(losses.dtype)
+        reduce, group = self._group()
+        if reduce:  # weigh the global losses (same weights and state on every rank)
+            total = losses.detach().clone()
+            dist.all_reduce(total, group=group)
+            total.div_(dist.get_world_size(group))
+            losses = losses + (total - losses.detach())  # global values, local gradients
         bad = ~torch.isfinite(losses.detach())
         if bool(bad.any()):
             tasks = bad.nonzero().flatten().tolist()
+            if scale is not None:  # fp16 overflow: let the scaler see it and skip
+                self._add_into_grad(
+                    torch.full((self.numel,), float("inf"), dtype=self.dtype, device=self.device)
+                )
+                return False
             if self.nonfinite == "skip":
                 return False
             raise NonFiniteError(f"non-finite loss in tasks {tasks} at step {step}")
         weighted = self.strategy.weighted_loss(losses)  # type: ignore[attr-defined]
-        torch.autograd.backward(weighted)
+        if scale is not None:
+            weighted = weighted * scale.to(weighted.dtype)
+        # The shared gradient goes to a buffer first (then, distributed, is averaged over
+        # the ranks), so a NaN/inf gradient is caught before it reaches ``.grad``.
+        update = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
+        with self._grads_into(self._views_of(update)):
+            torch.autograd.backward(weighted)
+        if reduce:
+            dist.all_reduce(update, group=group)
+            update.div_(dist.get_world_size(group))
+        if self.strategy.check_finite and not bool(torch.isfinite(update.abs().max())):
+            if scale is not None:  # fp16 overflow: the scaler sees inf and skips
+                self._add_into_grad(update)
+                return False
+            if self.nonfinite == "skip":
+                return False
+            raise NonFiniteError(
+                f"non-finite shared gradient at step {step} (loss weighting "
+                f"{type(self.strategy).__name__}; losses {losses.detach().tolist()})"
+            )
+        self._add_into_grad(update)
         return True
 
     def _combine_jacobian(self, step: int) -> bool:
         jac = self._jac
         assert jac is not None and self.num_tasks is not None
         losses = torch.stack([self._losses[t] for t in range(self.num_tasks)]).to(torch.float64)
-        if self.process_group is not None and dist.is_available() and dist.is_initialized():
-            group: Any = None if self.process_group is True else self.process_group
+        reduce, group = self._group()
+        if reduce:
             dist.all_reduce(jac, group=group)
             dist.all_reduce(losses, group=group)
             world = dist.get_world_size(group)
             jac.div_(world)
             losses.div_(world)
-        scale: Tensor | None = None
-        if self.scaler is not None and self.scaler.is_enabled():
-            scale = _scaler_scale(self.scaler).to(self.device)
+        scale = self._scale()
+        if scale is not None:  # J and the losses were scaled: the strategy sees true ones
             jac.mul_(scale.reciprocal().to(jac.dtype))
+            losses = losses / scale.to(torch.float64)
         try:
             update = self.strategy.combine(jac, losses)
         except NonFiniteError as err:

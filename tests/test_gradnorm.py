@@ -73,3 +73,12 @@ def test_zero_gradient_row_is_finite() -> None:
     matrix[0] = 1.0
     out = GradNorm().combine(matrix, torch.tensor([1.0, 1.0]))
     assert torch.isfinite(out).all()
+
+
+def test_task_with_empty_first_batch_starts_its_rate_later() -> None:
+    matrix = torch.randn(2, 6)
+    g = GradNorm(alpha=1.0)
+    g.combine(matrix, torch.tensor([1.0, 0.0]))  # task 1 had no examples at step 0
+    g.combine(matrix, torch.tensor([1.0, 2.0]))
+    assert g.initial_losses is not None
+    assert g.initial_losses.tolist() == [1.0, 2.0]

@@ -150,7 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, TypeError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        history = Trainer(cfg).fit()
+        trainer = Trainer(cfg)
+        history = trainer.fit()
+        if cfg.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        if trainer.rank != 0:  # one summary per run
+            return 0
         best = max(history, key=lambda r: r["dev"]["overall"]) if history else None
         if best is not None:
             dv = best["dev"]

@@ -303,6 +303,9 @@ class Trainer:
         if cfg.distributed:
             import torch.distributed as dist
 
+            if self.device.type == "cuda" and self.device.index is None:  # one GPU per process
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -312,6 +315,7 @@ class Trainer:
             from mtlkit.distributed import broadcast_parameters
 
             broadcast_parameters(self.model)
+            torch.manual_seed(cfg.seed + 1000 * self.rank)  # other dropout masks on each rank
         self.train_sets = load_datasets(cfg, "train", cfg.train_limit)
         self.dev_sets = load_datasets(cfg, "dev", cfg.dev_limit)
         sizes = [len(d) for d in self.train_sets]
@@ -367,18 +371,40 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.strategy.load_state_dict(state["strategy"])
-        self.loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        ranks = state.get("ranks", [state])  # data-parallel: each rank's data and RNG
+        if len(ranks) != self.world:
+            raise ValueError(
+                f"the checkpoint was written by {len(ranks)} process(es), this run has "
+                f"{self.world}: resume with the same number of processes"
+            )
+        own = ranks[self.rank]
+        self.loader.load_state_dict(own["loader"])
+        torch.set_rng_state(own["rng_cpu"])
+        if own["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(own["rng_cuda"])
+        if self.engine is not None:  # step numbers in NonFiniteError messages go on
+            self.engine.step_count = self.scheduler.step
         self.history = json.loads(state["history"])
         self.loss_log = [list(x) for x in state["loss_log"]]
         self.best = float(state["best"])
         self.log(f"resumed from {self.out / 'latest.pt'} at step {self.scheduler.step}")
 
     def checkpoint(self) -> None:
+        ranks: list[Any] = []
+        if self.world > 1:  # every rank's loader and RNG states, saved by rank 0
+            import torch.distributed as dist
+
+            ranks = [None] * self.world
+            own = {
+                "loader": self.loader.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            }
+            dist.all_gather_object(ranks, own)
         if self.rank == 0:
-            save_atomic(self.state(), self.out / "latest.pt")
+            save_atomic(
+                {**self.state(), **({"ranks": ranks} if ranks else {})}, self.out / "latest.pt"
+            )
 
     def log(self, msg: str) -> None:
         if self.rank == 0:
@@ -464,8 +490,10 @@ class Trainer:
         start_epoch = self.scheduler.epoch
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
-            sums = [0.0] * len(TASKS)
-            count = 0
+            # steps of this epoch run before a resume count in its mean loss
+            done = self.loss_log[epoch * len(self.loader) :]
+            sums = [sum(c, 0.0) for c in zip(*done, strict=True)] if done else [0.0] * len(TASKS)
+            count = len(done)
             bar = tqdm(
                 total=len(self.loader),
                 initial=self.scheduler.step - epoch * len(self.loader),
@@ -480,7 +508,11 @@ class Trainer:
                 count += 1
                 bar.update(1)
                 bar.set_postfix({t: f"{s / count:.3f}" for t, s in zip(TASKS, sums, strict=True)})
-                if cfg.checkpoint_every and self.scheduler.step % cfg.checkpoint_every == 0:
+                if (
+                    cfg.checkpoint_every
+                    and self.scheduler.step % cfg.checkpoint_every == 0
+                    and self.scheduler.step % len(self.loader) != 0  # checkpointed after eval
+                ):
                     self.checkpoint()
             bar.close()
             mean = [s / max(count, 1) for s in sums]

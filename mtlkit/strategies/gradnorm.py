@@ -24,7 +24,7 @@ class GradNorm(GramianStrategy):
               r_i = \tilde L_i / \operatorname{mean}_k \tilde L_k, \quad
               \tilde L_i = L_i / L_i^{(0)}
 
-    where :math:`L^{(0)}` are the first losses seen (the relative inverse training rate
+    where :math:`L^{(0)}` are the first (positive) losses seen (the relative inverse training rate
     :math:`r_i` is large for tasks that train slowly). After each combination the weights
     take one gradient step on :math:`\sum_i |n_i - t_i|` (targets held constant, as in
     the paper): :math:`w_i \leftarrow w_i - \eta\, \operatorname{sign}(n_i - t_i)
@@ -75,14 +75,19 @@ class GradNorm(GramianStrategy):
         if self.task_weights.numel() != k:
             raise ValueError(f"GradNorm was set up for {self.task_weights.numel()} tasks, got {k}")
         self.task_weights = self.task_weights.to(gram.device)
+        tiny = torch.finfo(torch.float64).tiny
         if self.initial_losses is None:
             self.initial_losses = losses.clone()
-        tiny = torch.finfo(torch.float64).tiny
+        else:  # a task whose first loss was 0 (an empty batch) takes its first positive one
+            self.initial_losses = self.initial_losses.to(gram.device)
+            unset = self.initial_losses <= tiny
+            self.initial_losses = torch.where(unset, losses, self.initial_losses)
         w = self.task_weights
         grad_norms = gram.diagonal().clamp(min=0).sqrt()
         weighted = w * grad_norms
         mean_norm = weighted.mean()
-        ratio = losses / self.initial_losses.to(gram.device).clamp(min=tiny)
+        started = self.initial_losses > tiny  # tasks without a positive first loss: rate 1
+        ratio = torch.where(started, losses / self.initial_losses.clamp(min=tiny), 1.0)
         rate = ratio / ratio.mean().clamp(min=tiny)
         target = mean_norm * rate.clamp(min=0) ** self.alpha
         step = torch.sign(weighted - target) * grad_norms / mean_norm.clamp(min=tiny)

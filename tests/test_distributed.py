@@ -1,0 +1,178 @@
+"""Data-parallel training (gloo on CPU, 2 processes) equals one process on the whole batch.
+
+Follows the recipe of :mod:`mtlkit.distributed`: no DDP wrapper, parameters broadcast
+from rank 0, ``TaskGradients(..., process_group=True)`` for the shared trunk,
+:func:`~mtlkit.distributed.all_reduce_gradients` for the task heads, the same strategy
+seed on every rank. Each rank sees half of every task's batch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import mtlkit
+from mtlkit import TaskGradients
+from mtlkit.distributed import all_reduce_gradients, broadcast_parameters
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with the gloo backend is not available",
+)
+
+WORLD = 2
+BATCH = 8  # per task and step, over all ranks
+STEPS = 6
+K = 3
+DTYPE = torch.float32
+#: Strategy name -> (constructor options, optimizer). DWA weights the losses (the engine
+#: backpropagates one weighted loss), the others combine the rows of J.
+CASES: dict[str, tuple[dict[str, Any], str]] = {
+    "pcgrad": ({"seed": 3}, "adamw"),
+    "gradnorm": ({"alpha": 1.0, "lr": 0.1}, "sgd"),
+    "dwa": ({}, "sgd"),
+}
+
+
+class Net(nn.Module):
+    """Shared trunk, one head per task (task 0: 3-class classification, others regression)."""
+
+    def __init__(self, d: int = 5, h: int = 7) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh())
+        self.heads = nn.ModuleList([nn.Linear(h, 3), nn.Linear(h, 1), nn.Linear(h, 1)])
+
+    def task_loss(self, task: int, x: Tensor, y: Tensor) -> Tensor:
+        out = self.heads[task](self.trunk(x))
+        if task == 0:
+            return F.cross_entropy(out, y.long())
+        return F.mse_loss(out.squeeze(-1), y)
+
+
+def task_batch(step: int, task: int) -> tuple[Tensor, Tensor]:
+    """The whole (all ranks) batch of ``task`` at ``step``, the same in every process."""
+    g = torch.Generator().manual_seed(1000 * step + task)
+    x = torch.randn(BATCH, 5, generator=g, dtype=DTYPE)
+    if task == 0:
+        y = torch.randint(0, 3, (BATCH,), generator=g).to(DTYPE)
+    else:
+        y = x[:, task] * (task + 1) - x[:, 0] + 0.1 * torch.randn(BATCH, generator=g, dtype=DTYPE)
+    return x, y
+
+
+def train(name: str, rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """Train on this rank's share of each batch; return parameters and strategy state."""
+    options, opt_name = CASES[name]
+    torch.manual_seed(rank)  # ranks start apart on purpose: broadcast_parameters joins them
+    model = Net().to(DTYPE)
+    broadcast_parameters(model)
+    strategy = mtlkit.get_strategy(name, **options)
+    engine = TaskGradients(
+        model.trunk.parameters(),
+        strategy,
+        num_tasks=K,
+        process_group=True if world > 1 else None,
+    )
+    optimizer: torch.optim.Optimizer
+    if opt_name == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.02, weight_decay=0.01)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    share = BATCH // world
+    for step in range(STEPS):
+        optimizer.zero_grad(set_to_none=True)
+        for task in range(K):
+            x, y = task_batch(step, task)
+            lo, hi = rank * share, (rank + 1) * share
+            engine.backward(task, model.task_loss(task, x[lo:hi], y[lo:hi]))
+        ok = engine.combine()
+        all_reduce_gradients(model.heads.parameters())
+        if ok:
+            optimizer.step()
+    return {
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "strategy": strategy.state_dict(),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux") and "GLOO_SOCKET_IFNAME" not in os.environ:
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
+    try:
+        results = {name: train(name, rank, world) for name in CASES}
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Run the data-parallel training once (2 spawned processes); each rank's results."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def initial_params() -> dict[str, Tensor]:
+    """The common starting point (rank 0's initialisation)."""
+    torch.manual_seed(0)
+    return {n: p.detach().clone() for n, p in Net().to(DTYPE).named_parameters()}
+
+
+def _max_abs_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[n] - b[n]).abs().max()) for n in a)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_data_parallel_equals_one_process(ranks: list[dict[str, Any]], name: str) -> None:
+    single = train(name)
+    ddp = ranks[0][name]
+    diff = _max_abs_diff(ddp["params"], single["params"])
+    print(f"{name}: max |DDP - single process| over the parameters = {diff:.3g}")
+    for n, p in single["params"].items():
+        torch.testing.assert_close(ddp["params"][n], p, rtol=1e-5, atol=1e-5, msg=n)
+    moved = _max_abs_diff(single["params"], initial_params())
+    assert moved > 1e-2  # the comparison is not between two untrained models
+    if name == "gradnorm":
+        torch.testing.assert_close(
+            ddp["strategy"]["task_weights"], single["strategy"]["task_weights"]
+        )
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_ranks_end_bit_identical(ranks: list[dict[str, Any]], name: str) -> None:
+    first = ranks[0][name]
+    for other in ranks[1:]:
+        for n, p in first["params"].items():
+            assert torch.equal(other[name]["params"][n], p), n
+        for key, value in first["strategy"].items():
+            theirs = other[name]["strategy"][key]
+            if isinstance(value, Tensor):
+                assert torch.equal(theirs, value), key
