@@ -214,6 +214,21 @@ def steps(device: torch.device, batch: int, repeats: int) -> dict:
     t = timed({"summed loop": summed, "pcgrad loop": pcgrad}, repeats, device)
     res = {f"{k} s": v for k, v in t.items()}
     res["pcgrad / summed"] = t["pcgrad loop"] / t["summed loop"]
+    if device.type == "cuda":  # peak memory of each loop, from the same starting point
+        for name, fn in (("summed", summed), ("pcgrad", pcgrad)):
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            start = torch.cuda.memory_allocated()
+            fn()
+            torch.cuda.synchronize()
+            res[f"{name} peak growth MiB"] = (torch.cuda.max_memory_allocated() - start) / 2**20
+        p_numel = sum(p.numel() for p in shared)
+        res["pcgrad extra / (K*P*4)"] = (
+            (res["pcgrad peak growth MiB"] - res["summed peak growth MiB"])
+            * 2**20
+            / (3 * p_numel * 4)
+        )
 
     # one batch and one graph for all tasks: SST sentences feed three heads
     sst = batches[0]
