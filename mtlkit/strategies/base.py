@@ -171,6 +171,12 @@ class GramianStrategy(Strategy):
     Subclasses implement :meth:`weights` on the float64 Gramian. The base class forms G
     once (chunked float64 accumulation, one pass over P), records
     :class:`GradientStats`, and applies the weights in a second pass over P.
+
+    The K x K algebra runs on the CPU: for a CUDA ``J``, G (and the losses) are copied to
+    the host once per call — the one device sync of a step, which the finiteness check
+    needs anyway — and the weights are sent back asynchronously. Dozens of tiny kernel
+    launches (PCGrad's projections, MGDA's iterations, scipy-based solvers) become
+    microseconds of CPU work.
     """
 
     @abstractmethod
@@ -181,12 +187,25 @@ class GramianStrategy(Strategy):
         self, matrix: Tensor, losses: Tensor | None = None, *, out: Tensor | None = None
     ) -> Tensor:
         _check_inputs(matrix, losses)
-        g = gramian(matrix)
+        g, host_losses = _to_host(gramian(matrix), losses)
         if self.check_finite:
-            check_finite(g, losses)
-        w = self.weights(g, losses)
+            check_finite(g, host_losses)
+        w = self.weights(g, host_losses)
         self.last_stats = GradientStats.from_gramian(g, w)
         return weighted_sum(w, matrix, out=out)
+
+
+def _to_host(gram: Tensor, losses: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The Gramian and the losses as float64 CPU tensors (one transfer for a CUDA J)."""
+    if losses is not None:
+        losses = losses.detach()
+    if gram.device.type == "cpu":
+        return gram, None if losses is None else losses.to(torch.float64)
+    if losses is None:
+        return gram.cpu(), None
+    k = gram.shape[0]
+    packed = torch.cat([gram.flatten(), losses.to(gram.device, torch.float64)]).cpu()
+    return packed[: k * k].view(k, k), packed[k * k :]
 
 
 class LossWeighting(Strategy):
@@ -215,7 +234,7 @@ class LossWeighting(Strategy):
         _check_inputs(matrix, losses)
         if losses is None:
             raise ValueError(f"{type(self).__name__} weights the losses: pass losses=")
-        g = gramian(matrix)
+        g = _to_host(gramian(matrix), None)[0]
         if self.check_finite:
             check_finite(g, losses)
         w = self.loss_weights(losses.detach()).to(torch.float64)
