@@ -128,7 +128,11 @@ def markdown(rows: list[dict], header: str) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -169,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps-per-epoch", type=int, default=None, help="override the budget")
     ap.add_argument("--train-limit", type=int, default=None, help="override the budget")
     ap.add_argument("--dev-limit", type=int, default=None, help="override the budget")
+    ap.add_argument("--weights", default=None, help="checkpoint folder (default: embedded)")
     ap.add_argument(
         "--init",
         default="pretrained",
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     budget = dict(QUICK if args.quick else FULL)
-    for key in ("steps_per_epoch", "train_limit", "dev_limit", "init"):
+    for key in ("steps_per_epoch", "train_limit", "dev_limit", "init", "weights"):
         if getattr(args, key) is not None:
             budget[key] = getattr(args, key)
     names = args.strategies.split(",") if args.strategies else mtlkit.list_strategies()

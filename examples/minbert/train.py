@@ -567,7 +567,11 @@ def save_confusion(folder: Path, sst: tuple[np.ndarray, np.ndarray]) -> None:
 
 
 def plot_curves(folder: Path, history: Sequence[dict[str, Any]], loss_log: Sequence[Any]) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        tqdm.write("matplotlib is not installed: no training-curve plot", file=sys.stderr)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
