@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dropout", type=float, default=t.dropout)
     tr.add_argument("--fine-tune", default=d.fine_tune, choices=["full-model", "last-linear-layer"])
     tr.add_argument("--epochs", type=int, default=d.epochs)
-    tr.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch)
+    tr.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=d.steps_per_epoch,
+        help="steps per epoch (0: the scheduler's own epoch rule)",
+    )
     tr.add_argument("--batch-size", type=int, default=d.batch_size, help="per task and step")
     tr.add_argument("--lr", type=float, default=d.lr, help="encoder learning rate")
     tr.add_argument("--head-lr", type=float, default=d.head_lr)

@@ -13,7 +13,7 @@ Tasks (index order is the order of the rows of J):
    as anchor/positive; the negative is another pair's question from the same batch).
 2. ``sts``   STS similarity, a score in 0..5. Structures: ``cosine`` (Siamese; the
    prediction is ``5·cos(u, v)``) or ``cross`` (a regressor on the joined pair).
-   Losses: ``mse`` (on ``cos`` against ``score/5``, or on the regressor's output) or
+   Losses: ``mse`` (of ``5·cos`` or of the regressor's output against the score) or
    ``cosent`` (Siamese only).
 """
 
@@ -54,7 +54,7 @@ class TaskOptions:
     """How each task is modelled and trained (see the module docstring)."""
 
     pooling: Pooling = "mean"
-    quora_structure: QuoraStructure = "cross"
+    quora_structure: QuoraStructure = "siamese"
     sts_structure: STSStructure = "cosine"
     sst_loss: str = "ce"
     quora_loss: str = "bce"
@@ -218,8 +218,9 @@ class MultitaskBert(nn.Module):
             if opts.sts_loss == "cosent":
                 u, v = self.embed_pair(batch)
                 return cosent_loss(u, v, target, scale=opts.cosent_scale)
-            pred = self.sts_scores(batch)
-            return F.mse_loss(pred / 5.0, target / 5.0)
+            # on the label's 0..5 scale: the loss (and gradient) is of the same order as
+            # the other tasks' (on a 0..1 scale it is ~25x smaller and STS gets neglected)
+            return F.mse_loss(self.sts_scores(batch), target)
         raise IndexError(f"task index {task} is outside 0..2")
 
     def step_schedules(self) -> None:

@@ -56,16 +56,16 @@ class TrainConfig:
     tasks: TaskOptions = field(default_factory=TaskOptions)
     fine_tune: str = "full-model"  # or "last-linear-layer" (encoder frozen)
     epochs: int = 3
-    steps_per_epoch: int | None = None  # None: the scheduler's own epoch rule
+    steps_per_epoch: int | None = 160  # None: the scheduler's own epoch rule
     batch_size: int = 16  # per task and step
-    lr: float = 5e-5  # encoder
-    head_lr: float = 1e-3
+    lr: float = 1e-5  # encoder
+    head_lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
-    max_length: int = 128
+    max_length: int = 64
     train_limit: int | None = None  # examples per task (quick runs)
     dev_limit: int | None = None
-    eval_train_limit: int = 1000  # training examples per task scored each epoch
+    eval_train_limit: int = 500  # training examples per task scored each epoch
     eval_batch_size: int = 128
     seed: int = 0
     device: str = "auto"

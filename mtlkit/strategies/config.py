@@ -1,0 +1,77 @@
+"""ConFIG: the conflict-free direction with equal cosines to every task gradient."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtlkit.strategies._kspace import as_weights, normalise
+from mtlkit.strategies.base import GramianStrategy, register
+
+__all__ = ["ConFIG"]
+
+
+@register("config")
+class ConFIG(GramianStrategy):
+    r"""Conflict-Free Inverse Gradients (Liu, Chu, Thuerey, 2024, *ConFIG: Towards
+    Conflict-free Training of Physics Informed Neural Networks*, arXiv:2408.11104, ICLR
+    2025, Eq. 3-4).
+
+    With :math:`\hat J` the matrix of unit gradients :math:`u_i = g_i/\lVert g_i\rVert`,
+    ConFIG takes the direction that has the same cosine with every gradient and scales
+    it by the sum of the gradients' projections on it:
+
+    .. math:: g_v = \hat J^{+}\mathbf 1, \qquad g_u = g_v/\lVert g_v\rVert, \qquad
+              d = \Big(\sum_i g_i^\top g_u\Big)\, g_u .
+
+    In K-space :math:`g_v = \hat J^\top\beta` with :math:`\beta = C^{+}\mathbf 1` (C the
+    cosine matrix; the pseudo-inverse drops eigenvalues below ``rcond`` times the
+    largest), :math:`\lVert g_v\rVert^2 = \beta^\top C\beta` and
+    :math:`g_i^\top g_v = \lVert g_i\rVert (C\beta)_i`, so the weights are
+    :math:`\alpha_j = \frac{\sum_i \lVert g_i\rVert (C\beta)_i}{\beta^\top C \beta}\,
+    \frac{\beta_j}{\lVert g_j\rVert}`.
+
+    Properties: positively homogeneous, ConFIG(cJ) = c·ConFIG(J) for c > 0; the
+    *direction* is invariant to rescaling single tasks; equivariant under permutations
+    of the tasks; non-conflicting (:math:`u_i^\top g_u` equal and positive for every task)
+    whenever :math:`\mathbf 1` is in the range of C, in particular when the gradients are
+    linearly independent (K ≤ P generic); with linearly dependent gradients the
+    pseudo-inverse gives a least-squares direction that may conflict. For K = 1 it
+    returns the gradient. The momentum variant (M-ConFIG) is not included.
+
+    Edge cases (not in the paper): zero rows get weight 0; if :math:`g_v = 0` (e.g. two
+    exactly opposite gradients: :math:`\mathbf 1` is orthogonal to the range of C, taken
+    as :math:`\max_i |(C\beta)_i| \le 10^{-8}`) the update is 0.
+
+    Args:
+        rcond: relative eigenvalue cut-off of the pseudo-inverse of C.
+    """
+
+    def __init__(self, rcond: float = 1e-12) -> None:
+        self.rcond = rcond
+
+    def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
+        k = gram.shape[0]
+        if k == 1:
+            return torch.ones(1, dtype=torch.float64, device=gram.device)
+        norm = normalise(gram)
+        n = norm.norms[norm.live]
+        w = np.zeros(k)
+        if n.shape[0] == 0:
+            return as_weights(w, gram)
+        evals, evecs = np.linalg.eigh(norm.cos)
+        keep = evals > self.rcond * float(evals.max())
+        v = evecs[:, keep]
+        beta = (v / evals[keep]) @ (v.T @ np.ones(n.shape[0]))
+        c_beta = norm.cos @ beta  # the projection of 1 onto the range of C
+        sq = float(beta @ c_beta)
+        # 1 (numerically) orthogonal to the range of C: g_v = 0, the direction is undefined.
+        if not (float(np.abs(c_beta).max()) > 1e-8 and sq > 0):
+            return as_weights(w, gram)
+        total = float(n @ c_beta)
+        w[norm.live] = total / sq * beta / n
+        return as_weights(w, gram)
+
+    def __repr__(self) -> str:
+        return f"ConFIG(rcond={self.rcond})"
