@@ -67,7 +67,7 @@ def run_one(name: str, seed: int, budget: dict[str, Any], device: str, scratch: 
         out_dir=str(scratch / f"{name}-{seed}"),
         strategy=name,
         strategy_options=strategy_options(name),
-        tasks=TaskOptions(quora_structure="cosine"),
+        tasks=TaskOptions(),  # the main job's task structures and losses
         seed=seed,
         device=device,
         progress=False,
@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     header = (
         f"## miniBERT quality matrix ({'quick' if args.quick else 'full'} budget)\n\n"
         f"Command: `python benchmarks/quality.py {' '.join(argv or sys.argv[1:])}`\n\n"
-        f"Machine: {machine()}\n\nBudget: {json.dumps(budget)}; Quora cosine structure, "
-        "STS cosine + MSE, mean pooling, AdamW; dev scores after the last step."
+        f"Machine: {machine()}\n\nBudget: {json.dumps(budget)}; the main job's task "
+        f"options ({TaskOptions()}); AdamW; dev scores after the last step."
     )
     text = markdown(rows, header)
     out.with_suffix(".md").write_text(text)

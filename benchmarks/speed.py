@@ -177,7 +177,7 @@ def minibert_setup(device: torch.device, batch: int, seed: int = 0):  # type: ig
         encoder = BertModel(BertConfig.from_dict({**cfg.to_dict(), **no_dropout}))
     else:
         encoder, _, _ = load_pretrained(folder, config_overrides=no_dropout)  # type: ignore[arg-type]
-    options = TaskOptions(quora_structure="cosine", sts_structure="cosine", dropout=0.0)
+    options = TaskOptions(dropout=0.0)  # the main job's task structures
     model = MultitaskBert(encoder, options).to(device)
     tok = BertTokenizer.from_folder(folder)  # type: ignore[arg-type]
     sets = [
