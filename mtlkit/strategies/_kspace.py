@@ -9,12 +9,15 @@ caller. Rounding can leave ``C`` slightly indefinite; it is projected back onto 
 positive semi-definite matrices (:func:`nearest_psd`).
 
 The quadratic programs are solved by an active-set method (Lawson-Hanson style, exact
-up to rounding in a finite number of steps) on ``C + εI``. The tiny ridge ``ε``
-(:data:`RIDGE`, relative to the unit diagonal) makes every sub-problem strictly convex
-when the gradients are linearly dependent (duplicated or opposite rows, K > P). Its
-effect on the answer is bounded: the KKT conditions of the ridged problem give
-``(C y)_i ≥ -ε y_i`` instead of ``≥ 0``, i.e. an error of at most ``ε`` relative to
-``Σ_j |y_j|``, well below the rounding of the final ``wᵀJ`` pass.
+up to rounding in a finite number of steps; the equality-constrained sub-problems by
+least squares) on ``C + εI``. The tiny ridge ``ε = 1e-15`` (:data:`RIDGE`, relative to
+the unit diagonal, a few float64 epsilons) keeps the sub-problems strictly convex when
+the gradients are linearly dependent (duplicated or opposite rows, K > P), which the
+active-set method needs to make progress. Its effect on the answer is bounded: the KKT
+conditions of the ridged problem give ``(C y)_i ≥ -ε y_i`` instead of ``≥ 0``. (A
+larger ridge, e.g. 1e-12, was measurably wrong when nearly opposite rows of very
+different norms make ``y`` ~1e5.) Cycling, which only rounding can cause, is detected
+and stops the iterations.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ __all__ = [
 Array = NDArray[np.float64]
 
 #: Ridge added to the unit-diagonal cosine matrix before solving a quadratic program.
-RIDGE = 1e-12
+RIDGE = 1e-15
 
 #: A row whose squared norm ``G_ii`` is below this is treated as a zero row (its entries
 #: in G would be float64 subnormals, with too few significant digits to give cosines).
@@ -110,7 +113,7 @@ def _solve_free(a_mat: Array, q: Array, free: NDArray[np.bool_], eq: Array | Non
         return x
     sub = a_mat[np.ix_(idx, idx)]
     if eq is None:
-        x[idx] = np.linalg.solve(sub, -q[idx])
+        x[idx] = np.linalg.lstsq(sub, -q[idx], rcond=None)[0]
         return x
     e = eq[idx]
     m = idx.size
@@ -157,9 +160,14 @@ def solve_qp(
         x = np.zeros(k)
         x[j] = 1.0 / eq[j]
     free = x > 0
+    seen: set[bytes] = set()
     for _ in range(max_iter):
         if eq is not None and not free.any():  # pragma: no cover - rounding guard
             break
+        key = np.packbits(free).tobytes()
+        if key in seen:  # cycling, which only rounding can cause: stop at this point
+            break
+        seen.add(key)
         grad = a_mat @ x + q
         if eq is None:
             mult = grad
@@ -178,7 +186,8 @@ def solve_qp(
             if not bad.any():
                 x = z
                 break
-            steps = x[bad] / (x[bad] - z[bad])
+            gap = x[bad] - z[bad]  # ≥ 0; 0 only where x_i = z_i = 0
+            steps = np.where(gap > 0, x[bad] / np.where(gap > 0, gap, 1.0), 0.0)
             alpha = float(np.clip(steps.min(), 0.0, 1.0))
             x = x + alpha * (z - x)
             x[~free] = 0.0

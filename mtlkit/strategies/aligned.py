@@ -17,7 +17,7 @@ __all__ = ["AlignedMTL"]
 @register("aligned-mtl")
 class AlignedMTL(GramianStrategy):
     r"""Aligned-MTL (Senushkin, Patakin, Kuznetsov & Konushin, 2023, *Independent Component
-    Alignment for Multi-Task Learning*, CVPR, Section 4 and Algorithm 1).
+    Alignment for Multi-Task Learning*, CVPR, Algorithm 1).
 
     Writing the thin SVD :math:`J = V \Sigma W^\top` (V: K x K, from the eigendecomposition
     :math:`G = V \Sigma^2 V^\top`), Aligned-MTL replaces the gradient system by the one
@@ -44,11 +44,13 @@ class AlignedMTL(GramianStrategy):
 
     Args:
         task_weights: :math:`\omega`, one per task (default all 1).
-        rcond: relative threshold on the eigenvalues of G defining the rank.
+        rcond: relative threshold on the eigenvalues of G defining the rank. The
+            smallest kept eigenvalue, hence :math:`\sigma_{\min}` and the update, has a
+            relative rounding error of about eps/rcond (~1e-6 by default).
     """
 
     def __init__(
-        self, task_weights: Sequence[float] | Tensor | None = None, rcond: float = 1e-12
+        self, task_weights: Sequence[float] | Tensor | None = None, rcond: float = 1e-10
     ) -> None:
         self.task_weights = (
             None

@@ -147,7 +147,7 @@ def _polish(dual: _Dual, y: Array, max_iter: int = 30) -> Array:
 @register("cagrad")
 class CAGrad(GramianStrategy):
     r"""Conflict-Averse Gradient descent (Liu, Liu, Jin, Stone & Liu, 2021, *Conflict-Averse
-    Gradient Descent for Multi-task Learning*, NeurIPS, Section 3 and Algorithm 1).
+    Gradient Descent for Multi-task Learning*, NeurIPS, the dual problem and Algorithm 1).
 
     With :math:`g_0 = \frac1K \sum_i g_i` the average gradient and
     :math:`\phi = c^2 \lVert g_0\rVert^2`, CAGrad looks for the update that maximises the
@@ -171,9 +171,12 @@ class CAGrad(GramianStrategy):
     :math:`\lambda = \sqrt\phi/\lVert g_w\rVert` (same KKT conditions), so the solver
     searches the scalar :math:`\lambda` (regula falsi on :math:`\log\lambda`) with each
     quadratic program solved exactly by an active-set method, then refines the result
-    with Newton steps on the face of the simplex it found. (A general-purpose solver
-    such as SLSQP, as used by the authors, stalls at ~1e-4 relative accuracy when the
-    gradients nearly cancel.) No scipy needed.
+    with Newton steps on the face of the simplex it found; the result is never worse
+    than the mean weights or a vertex. (A general-purpose solver such as SLSQP
+    stalls at ~1e-4 relative accuracy when the gradients nearly cancel.)
+    No scipy needed. When the gradients' norms span more than ~1e6 *and* nearly cancel,
+    the dual is numerically degenerate: the update stays finite but is only as accurate
+    as that degenerate problem allows.
 
     Properties: for c = 0 it is the mean; positively homogeneous, CAGrad(cJ) =
     c·CAGrad(J) for c > 0; equivariant under permutations of the tasks (up to the
@@ -188,8 +191,7 @@ class CAGrad(GramianStrategy):
     paper's formula would give :math:`(1 + c)g`).
 
     Args:
-        c: the radius factor :math:`c \ge 0` (paper: 0.5 for its image experiments, 0.4 for
-            its RL ones).
+        c: the radius factor :math:`c \ge 0`.
         rescale: divide the update by :math:`1 + c`. Since
             :math:`\lVert d\rVert \le (1 + c)\lVert g_0\rVert`, the rescaled update is never
             longer than the mean gradient, so the learning rate keeps its meaning across c.
@@ -218,6 +220,11 @@ class CAGrad(GramianStrategy):
             return w
         dual = _Dual(norm.cos, norm.norms[live], self.c)
         y = _polish(dual, _qp_path(dual, self.max_iter))
+        # Safeguard for numerically degenerate duals: never worse than the simple points.
+        m = dual.e.shape[0]
+        for cand in (np.full(m, 1.0 / m) / dual.e, *np.diag(1.0 / dual.e)):
+            if dual.value(cand) < dual.value(y):
+                y = cand
         if not live.all() and not dual.value(y) < 0:
             w[int(np.flatnonzero(~live)[0])] = 1.0  # g_w = 0 is at least as good
             return w

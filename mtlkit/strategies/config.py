@@ -16,7 +16,7 @@ __all__ = ["ConFIG"]
 class ConFIG(GramianStrategy):
     r"""Conflict-Free Inverse Gradients (Liu, Chu, Thuerey, 2024, *ConFIG: Towards
     Conflict-free Training of Physics Informed Neural Networks*, arXiv:2408.11104, ICLR
-    2025, Eq. 3-4).
+    2025, the ConFIG update rule).
 
     With :math:`\hat J` the matrix of unit gradients :math:`u_i = g_i/\lVert g_i\rVert`,
     ConFIG takes the direction that has the same cosine with every gradient and scales

@@ -24,7 +24,7 @@ class DualProj(GramianStrategy):
               v \in \operatorname*{argmin}_{v \ge \mathbf 1/K} v^\top G v,
 
     a K x K quadratic program solved exactly (active set) on the cosine matrix with a
-    ridge of 1e-12, like :class:`~mtlkit.strategies.upgrad.UPGrad` (one program instead of
+    ridge of 1e-15, like :class:`~mtlkit.strategies.upgrad.UPGrad` (one program instead of
     K).
 
     Properties (tested): non-conflicting, :math:`d \cdot g_i \ge 0` for every task;

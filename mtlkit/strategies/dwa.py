@@ -15,7 +15,7 @@ __all__ = ["DWA"]
 @register("dwa")
 class DWA(LossWeighting):
     r"""Dynamic Weight Average (Liu, Johns & Davison, 2019, *End-to-End Multi-Task Learning
-    with Attention*, CVPR, the "Dynamic Weight Average" rule of Section 3).
+    with Attention*, CVPR, the Dynamic Weight Average rule).
 
     The weight of a task follows the rate at which its loss has recently been falling:
 

@@ -16,7 +16,7 @@ __all__ = ["FAMO"]
 @register("famo")
 class FAMO(LossWeighting):
     r"""Fast Adaptive Multitask Optimization (Liu, Feng, Stone & Liu, 2023, *FAMO: Fast
-    Adaptive Multitask Optimization*, NeurIPS, Section 3 and Algorithm 1).
+    Adaptive Multitask Optimization*, NeurIPS, Algorithm 1).
 
     FAMO keeps task logits :math:`\xi \in \mathbb R^K` (0 at the start), with
     :math:`z = \operatorname{softmax}(\xi)`, and steps along

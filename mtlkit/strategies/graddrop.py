@@ -18,7 +18,7 @@ __all__ = ["GradDrop"]
 class GradDrop(Strategy):
     r"""Gradient Sign Dropout (Chen, Ngiam, Huang, Luong, Kretzschmar, Chai & Anguelov,
     2020, *Just Pick a Sign: Optimizing Deep Multitask Models with Gradient Sign
-    Dropout*, NeurIPS, Section 3 and Algorithm 1).
+    Dropout*, NeurIPS, Algorithm 1).
 
     Coordinate by coordinate, GradDrop keeps only the task gradients of one sign, chosen
     at random with the probability given by the sign purity of that coordinate:

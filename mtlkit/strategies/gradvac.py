@@ -16,7 +16,7 @@ __all__ = ["GradVac"]
 class GradVac(GramianStrategy):
     r"""Gradient Vaccine (Wang, Tsvetkov, Firat & Cao, 2021, *Gradient Vaccine:
     Investigating and Improving Multi-task Optimization in Massively Multilingual
-    Models*, ICLR, Eq. 2 and Algorithm 1).
+    Models*, ICLR, Algorithm 1).
 
     Each task pair keeps a target cosine :math:`\hat\phi_{ij}`, an exponential moving
     average (rate :math:`\beta`) of the observed cosines, starting at 0. For each task
@@ -40,8 +40,9 @@ class GradVac(GramianStrategy):
 
     Properties: with all targets 0 (a fresh instance) it is exactly PCGrad (same seed,
     same orders); positively homogeneous, GradVac(cJ) = c·GradVac(J) for c > 0 given
-    the same state; the targets are symmetric in no sense (:math:`\hat\phi_{ij}` is
-    seen from task i). Not permutation-equivariant (random orders).
+    the same state; K = 1 gives the gradient. The targets are not symmetric
+    (:math:`\hat\phi_{ij}` is the average seen from task i). Not permutation-equivariant
+    (random orders).
 
     Deviations: the paper may apply the method per layer; here the whole vector of
     shared parameters is one block. Pairs with a zero gradient are skipped (no

@@ -15,7 +15,7 @@ __all__ = ["IMTLG"]
 @register("imtl-g")
 class IMTLG(GramianStrategy):
     r"""Impartial MTL, gradient part (Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, 2021,
-    *Towards Impartial Multi-task Learning*, ICLR, Section 3.1 "IMTL-G", Eq. 5-8).
+    *Towards Impartial Multi-task Learning*, ICLR, the IMTL-G closed form).
 
     IMTL-G picks weights :math:`\alpha` with :math:`\sum_i \alpha_i = 1` such that the
     update :math:`d = \sum_i \alpha_i g_i` has the same projection onto every unit

@@ -17,7 +17,7 @@ class MGDA(GramianStrategy):
     r"""Multiple-Gradient Descent Algorithm (Désidéri, 2012, *Multiple-gradient descent
     algorithm (MGDA) for multiobjective optimization*, Comptes Rendus Mathématique 350;
     Sener & Koltun, 2018, *Multi-Task Learning as Multi-Objective Optimization*, NeurIPS,
-    Eq. 3 and Algorithm 2).
+    Algorithms 1 and 2).
 
     The update is the minimum-norm point of the convex hull of the task gradients:
 

@@ -69,7 +69,7 @@ def _nash_point(cos: Array, tol: float, max_iter: int) -> Array | None:
 @register("nash-mtl")
 class NashMTL(GramianStrategy):
     r"""Nash-MTL (Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, 2022,
-    *Multi-Task Learning as a Bargaining Game*, ICML, Eq. 2 and Algorithm 1).
+    *Multi-Task Learning as a Bargaining Game*, ICML, Algorithm 1).
 
     The update is the Nash bargaining solution between the tasks, the direction that
     maximises :math:`\sum_i \log(g_i^\top d)` in a ball. Its weights solve

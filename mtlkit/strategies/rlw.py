@@ -17,7 +17,7 @@ Distribution = Literal["normal", "uniform", "dirichlet"]
 @register("rlw")
 class RLW(LossWeighting):
     r"""Random Loss Weighting (Lin, Ye, Xu, Shi & Zhang, 2022, *Reasonable Effectiveness of
-    Random Weighting: A Litmus Test for Multi-Task Learning*, TMLR, Section 3).
+    Random Weighting: A Litmus Test for Multi-Task Learning*, TMLR).
 
     Every step draws fresh task weights :math:`\lambda` on the simplex and minimises
     :math:`\sum_i \lambda_i L_i`:

@@ -26,10 +26,10 @@ class UncertaintyWeighting(LossWeighting):
 
     Convention: the paper's regression likelihood gives
     :math:`\frac{1}{2\sigma_i^2} L_i + \log\sigma_i = \tfrac12(e^{-s_i}L_i + s_i)`; we use
-    twice that (the widespread form), which has the same minimisers in :math:`s` and
-    the model, gives the model the weights :math:`e^{-s_i}` (1 at the start, so the first
-    steps are the plain sum) and doubles the gradient on :math:`s`. The optimum for
-    fixed losses is :math:`s_i = \log L_i`.
+    twice that (the widespread form): the same minimisers in :math:`s` and in the
+    model, all gradients doubled, so the model's task weights are :math:`e^{-s_i}` (1 at the start:
+    the first steps are the plain sum). For fixed losses the optimum is
+    :math:`s_i = \log L_i`.
 
     Pass :meth:`parameters` to the optimizer (e.g. ``torch.optim.Adam([*model.parameters(),
     *strategy.parameters()])``). :meth:`weighted_loss` returns the loss above, which

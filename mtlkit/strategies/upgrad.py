@@ -15,7 +15,7 @@ __all__ = ["UPGrad"]
 @register("upgrad")
 class UPGrad(GramianStrategy):
     r"""Unconflicting Projection of Gradients (Quinton & Rey, 2024, *Jacobian Descent for
-    Multi-Objective Optimization*, arXiv:2406.16232, Section 3, the UPGrad aggregator).
+    Multi-Objective Optimization*, arXiv:2406.16232, the UPGrad aggregator).
 
     Each task gradient :math:`g_i` is projected onto the dual cone of the rows of J,
     :math:`\mathcal C = \{x : Jx \ge 0\}` (the directions that conflict with no task), and
@@ -28,7 +28,7 @@ class UPGrad(GramianStrategy):
     the dual of the projection), a K x K quadratic program. So the weights are
     :math:`w = \frac1K \sum_i v^{(i)}` with :math:`v^{(i)}` solving it for
     :math:`u = e_i`. Each program is solved exactly (active set) in the variables
-    :math:`y = v \odot \lVert g\rVert` on the cosine matrix plus a ridge of 1e-12 (see
+    :math:`y = v \odot \lVert g\rVert` on the cosine matrix plus a ridge of 1e-15 (see
     :mod:`mtlkit.strategies._kspace`), so it is insensitive to the scale of the rows and
     robust when G is singular.
 
