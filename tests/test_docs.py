@@ -54,7 +54,6 @@ def test_readme_loop_runs_on_a_toy_model() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     before = model.encoder.weight.detach().clone()
     (code,) = [c for c in blocks(ROOT / "README.md") if "TaskGradients" in c]
-    namespace = dict(model=model, tasks=tasks, loader=loader, loss_fn=loss_fn,
-                     optimizer=optimizer)
+    namespace = dict(model=model, tasks=tasks, loader=loader, loss_fn=loss_fn, optimizer=optimizer)
     exec(compile(code, "<README>", "exec"), namespace)
     assert not torch.equal(model.encoder.weight, before)
