@@ -56,7 +56,7 @@ class TrainConfig:
     tasks: TaskOptions = field(default_factory=TaskOptions)
     fine_tune: str = "full-model"  # or "last-linear-layer" (encoder frozen)
     epochs: int = 3
-    steps_per_epoch: int | None = 160  # None: the scheduler's own epoch rule
+    steps_per_epoch: int | None = 140  # None: the scheduler's own epoch rule
     batch_size: int = 16  # per task and step
     lr: float = 1e-5  # encoder
     head_lr: float = 3e-3
