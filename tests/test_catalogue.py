@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.optimize import minimize
+from scipy.optimize import lsq_linear, minimize
 
 from mtlkit.strategies import (
     DWA,
@@ -35,6 +35,7 @@ from mtlkit.strategies import (
     list_strategies,
 )
 from tests.strategy_checks import (
+    SPECS,
     build,
     conflict_slack,
     extreme_matrices,
@@ -64,9 +65,10 @@ def assert_update_close(
     assert err <= bound, f"{what} error {err:.3g} vs scale {scale:.3g}"
 
 
-def weight_rounding(matrix: torch.Tensor) -> float:
-    """Rounding of the K-space solves, relative to the largest gradient."""
-    return 1e-12 * float(matrix.double().norm(dim=1).max())
+def weight_rounding(matrix: torch.Tensor, rtol: float) -> float:
+    """Absolute slack for the K-space solves, whose errors scale with the largest gradient
+    (eigendecompositions, cancellations), not only with the update: rtol·1e-4·max ‖g_i‖."""
+    return rtol * 1e-4 * float(matrix.double().norm(dim=1).max())
 
 
 def limit_spread(matrix: torch.Tensor, log_scale: float) -> torch.Tensor:
@@ -89,8 +91,6 @@ def _weights_of(strategy: object, k: int) -> torch.Tensor:
 
 
 def test_every_strategy_has_a_spec() -> None:
-    from tests.strategy_checks import SPECS
-
     catalogue = {
         "mgda",
         "cagrad",
@@ -158,7 +158,7 @@ def test_scaling(name: str, matrix: torch.Tensor, c: float) -> None:
     base, strategy = run(name, matrix)
     scaled, _ = run(name, c * matrix)
     scale = update_scale(matrix, _weights_of(strategy, matrix.shape[0]))
-    atol = weight_rounding(matrix)
+    atol = weight_rounding(matrix, spec.rtol)
     if spec.degree == 1 or matrix.shape[0] == 1:
         assert_update_close(scaled, c * base, c * scale, spec.rtol, name, c * atol)
     else:
@@ -187,7 +187,7 @@ def test_permutation_equivariance(name: str, matrix: torch.Tensor, seed: int) ->
     base, strategy = run(name, matrix, losses)
     permuted, _ = run(name, matrix[perm], losses[perm])
     scale = update_scale(matrix, _weights_of(strategy, k))
-    atol = weight_rounding(matrix)
+    atol = weight_rounding(matrix, spec_for(name).rtol)
     assert_update_close(permuted, base, scale, spec_for(name).rtol, name, atol)
 
 
@@ -285,10 +285,14 @@ def test_mgda_against_slsqp() -> None:
 
 
 def project_dual_cone(j: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """π_{x: Jx ≥ 0}(g) in P-space: min ½‖x - g‖² s.t. Jx ≥ 0, solved directly with SLSQP.
+    """π_{x: Jx ≥ 0}(g) in P-space, by two general-purpose solvers; the better is kept.
 
-    (The Moreau-dual form, nnls(Jᵀ, -g), would be shorter, but scipy's nnls returns
-    infeasible points on some rank-deficient J.)
+    * primal: min ½‖x - g‖² s.t. Jx ≥ 0 with SLSQP;
+    * Moreau dual: x = g + Jᵀμ, μ = argmin_{μ≥0} ‖g + Jᵀμ‖, with bounded-variable least
+      squares (``lsq_linear(method="bvls")``).
+
+    Each can fail on rank-deficient J (SLSQP on dependent active constraints); the
+    projection is unique, so the feasible candidate closest to g is the answer.
     """
     res = minimize(
         lambda x: 0.5 * float((x - g) @ (x - g)),
@@ -298,7 +302,12 @@ def project_dual_cone(j: np.ndarray, g: np.ndarray) -> np.ndarray:
         method="SLSQP",
         options={"ftol": 1e-16, "maxiter": 2000},
     )
-    return np.asarray(res.x)
+    dual = lsq_linear(j.T, -g, bounds=(0.0, np.inf), method="bvls", tol=1e-15)
+    candidates = [np.asarray(res.x), np.asarray(g + j.T @ dual.x)]
+    slack = 1e-9 * float(np.linalg.norm(j, axis=1).max()) * float(np.linalg.norm(g) + 1)
+    feasible = [x for x in candidates if float((j @ x).min()) >= -slack]
+    assert feasible, "no reference solver found a feasible projection"
+    return min(feasible, key=lambda x: float(np.linalg.norm(x - g)))
 
 
 @SOME
@@ -646,11 +655,14 @@ def graddrop_reference(j: np.ndarray, seed: int, leak: np.ndarray) -> np.ndarray
     matrix=extreme_matrices(k_max=6, p_max=30, log_scale=(-3, 3), dtypes=(torch.float64,)),
     seed=st.integers(0, 1000),
     leaky=st.booleans(),
+    chunk=st.sampled_from([1 << 20, 7]),
 )
-def test_graddrop_against_reference(matrix: torch.Tensor, seed: int, leaky: bool) -> None:
+def test_graddrop_against_reference(
+    matrix: torch.Tensor, seed: int, leaky: bool, chunk: int
+) -> None:
     k = matrix.shape[0]
     leak = np.linspace(0.1, 0.9, k) if leaky else np.zeros(k)
-    strategy = GradDrop(leak=leak.tolist() if leaky else 0.0, seed=seed)
+    strategy = GradDrop(leak=leak.tolist() if leaky else 0.0, seed=seed, chunk=chunk)
     ours = strategy.combine(matrix).numpy()
     ref = graddrop_reference(matrix.numpy(), seed, leak)
     np.testing.assert_allclose(

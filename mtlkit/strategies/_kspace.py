@@ -113,17 +113,22 @@ def _solve_free(a_mat: Array, q: Array, free: NDArray[np.bool_], eq: Array | Non
         return x
     sub = a_mat[np.ix_(idx, idx)]
     if eq is None:
-        x[idx] = np.linalg.lstsq(sub, -q[idx], rcond=None)[0]
-        return x
-    e = eq[idx]
-    m = idx.size
-    kkt = np.zeros((m + 1, m + 1))
-    kkt[:m, :m] = sub
-    kkt[:m, m] = e
-    kkt[m, :m] = e
-    rhs = np.concatenate([-q[idx], [1.0]])
-    sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
-    x[idx] = sol[:m]
+        system, rhs = sub, -q[idx]
+    else:
+        e = eq[idx]
+        m = idx.size
+        system = np.zeros((m + 1, m + 1))
+        system[:m, :m] = sub
+        system[:m, m] = e
+        system[m, :m] = e
+        rhs = np.concatenate([-q[idx], [1.0]])
+    # A direct solve honours the ridge (a least-squares solve would cut it off as noise
+    # and lose the strict convexity the active-set steps rely on).
+    try:
+        sol = np.linalg.solve(system, rhs)
+    except np.linalg.LinAlgError:  # pragma: no cover - exactly singular
+        sol = np.linalg.lstsq(system, rhs, rcond=None)[0]
+    x[idx] = sol[: idx.size]
     return x
 
 
@@ -132,7 +137,7 @@ def solve_qp(
     q: Array,
     eq: Array | None = None,
     x0: Array | None = None,
-    tol: float = 1e-13,
+    tol: float = 1e-11,
     max_iter: int | None = None,
 ) -> Array:
     """Minimise ``½xᵀAx + qᵀx`` subject to ``x ≥ 0`` (and ``eqᵀx = 1`` when ``eq`` is given).

@@ -34,7 +34,8 @@ class GradDrop(Strategy):
     gradients are 0, :math:`\mathcal P = 1/2` (nothing to keep).
 
     The update is not a combination of the rows, so this class implements ``combine``
-    directly, vectorised over P (a few elementwise passes and K x P temporaries).
+    directly, vectorised over P: a few elementwise passes over blocks of ``chunk``
+    columns (K x chunk temporaries), plus one uniform draw per column.
 
     Properties: with K = 1 it returns the gradient; coordinates where all tasks agree in
     sign are kept whole (:math:`\mathcal P \in \{0, 1\}`); positively homogeneous,
@@ -62,6 +63,8 @@ class GradDrop(Strategy):
         leak: :math:`\ell`, one number for all tasks or one per task, in [0, 1].
         seed: seed of the strategy's own generator (``None``: drawn from torch's global RNG).
         compute_stats: form the Gramian to record ``last_stats``.
+        chunk: columns processed at a time (bounds the K x chunk temporaries; the result
+            does not depend on it).
     """
 
     def __init__(
@@ -69,12 +72,16 @@ class GradDrop(Strategy):
         leak: float | Sequence[float] | Tensor = 0.0,
         seed: int | None = 0,
         compute_stats: bool = True,
+        chunk: int = 1 << 20,
     ) -> None:
         lk = torch.as_tensor(leak, dtype=torch.float64).flatten().clone()
         if lk.numel() == 0 or bool(((lk < 0) | (lk > 1) | ~torch.isfinite(lk)).any()):
             raise ValueError(f"leak must be in [0, 1], got {leak}")
         self.leak = lk
         self.compute_stats = compute_stats
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        self.chunk = chunk
         self.generator = torch.Generator()
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
@@ -99,22 +106,28 @@ class GradDrop(Strategy):
         if self.leak.numel() not in (1, k):
             raise ValueError(f"GradDrop has {self.leak.numel()} leak values, J has {k} rows")
         u = self.draw_uniform(p, matrix.device, matrix.dtype)
-        work = matrix.to(u.dtype)
-        total = work.sum(dim=0)
-        spread = work.abs().sum(dim=0)
+        result = (
+            out if out is not None else torch.empty(p, dtype=matrix.dtype, device=matrix.device)
+        )
+        leaky = not bool((self.leak == 0).all())
+        lk = self.leak.to(device=matrix.device, dtype=matrix.dtype).expand(k)[:, None]
+        kept_sq = torch.zeros(k, dtype=torch.float64, device=matrix.device)
         tiny = torch.finfo(u.dtype).tiny
-        purity = torch.where(spread > 0, 0.5 * (1 + total / spread.clamp(min=tiny)), 0.5)
-        keep = torch.where(work > 0, u < purity, u >= purity)
-        if bool((self.leak == 0).all()):
-            kept = matrix * keep.to(matrix.dtype)
-        else:
-            lk = self.leak.to(device=matrix.device, dtype=matrix.dtype)
-            lk = lk.expand(k)[:, None]
-            kept = matrix * (lk + (1 - lk) * keep.to(matrix.dtype))
-        result = torch.sum(kept, dim=0, out=out) if out is not None else kept.sum(dim=0)
+        for start in range(0, p, self.chunk):  # bounded K x chunk temporaries
+            stop = min(start + self.chunk, p)
+            block = matrix[:, start:stop]
+            work = block.to(u.dtype)
+            total = work.sum(dim=0)
+            spread = work.abs().sum(dim=0)
+            purity = torch.where(spread > 0, 0.5 * (1 + total / spread.clamp(min=tiny)), 0.5)
+            cut = u[start:stop]
+            keep = torch.where(work > 0, cut < purity, cut >= purity).to(block.dtype)
+            kept = block * (lk + (1 - lk) * keep) if leaky else block * keep
+            torch.sum(kept, dim=0, out=result[start:stop])
+            if g is not None and self.compute_stats:
+                kept_sq += (kept.to(torch.float64) ** 2).sum(dim=1)
         if g is not None and self.compute_stats:
             diag = g.diagonal()
-            kept_sq = (kept.to(torch.float64) ** 2).sum(dim=1)
             frac = torch.where(diag > 0, kept_sq / diag.clamp(min=1e-300), 1.0)
             self.last_stats = GradientStats.from_gramian(g, frac)
         return result
