@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.strategies.base import GramianStrategy, register
+from mtlkit.strategies.pcgrad import draw_task_orders
 
 __all__ = ["GradVac"]
 
@@ -69,12 +70,7 @@ class GradVac(GramianStrategy):
 
     def draw_orders(self, k: int) -> Tensor:
         """Draw the (K, K-1) matrix of visiting orders (row i: the other tasks of i)."""
-        orders = torch.empty((k, max(k - 1, 0)), dtype=torch.long)
-        idx = torch.arange(k)
-        for i in range(k):
-            others = torch.cat([idx[:i], idx[i + 1 :]])
-            orders[i] = others[torch.randperm(k - 1, generator=self.generator)]
-        return orders
+        return draw_task_orders(k, self.generator)
 
     def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
         k = gram.shape[0]

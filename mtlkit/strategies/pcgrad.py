@@ -9,7 +9,22 @@ from torch import Tensor
 
 from mtlkit.strategies.base import GradientStats, GramianStrategy, register
 
-__all__ = ["PCGrad"]
+__all__ = ["PCGrad", "draw_task_orders"]
+
+
+def draw_task_orders(k: int, generator: torch.Generator) -> Tensor:
+    """A (K, K-1) matrix whose row i is a random order of the tasks other than i.
+
+    Row i is ``others_i[torch.randperm(K - 1, generator=generator)]``, rows drawn for
+    i = 0..K-1 in turn (``others_i``: the other task indices, ascending). Shared by the
+    strategies that visit task pairs in random order (PCGrad, GradVac).
+    """
+    orders = torch.empty((k, max(k - 1, 0)), dtype=torch.long)
+    idx = torch.arange(k)
+    for i in range(k):
+        others = torch.cat([idx[:i], idx[i + 1 :]])
+        orders[i] = others[torch.randperm(k - 1, generator=generator)]
+    return orders
 
 
 @register("pcgrad")
@@ -56,12 +71,7 @@ class PCGrad(GramianStrategy):
 
     def draw_orders(self, k: int) -> Tensor:
         """Draw the (K, K-1) matrix of projection orders (row i: the other tasks of i)."""
-        orders = torch.empty((k, max(k - 1, 0)), dtype=torch.long)
-        idx = torch.arange(k)
-        for i in range(k):
-            others = torch.cat([idx[:i], idx[i + 1 :]])
-            orders[i] = others[torch.randperm(k - 1, generator=self.generator)]
-        return orders
+        return draw_task_orders(k, self.generator)
 
     def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
         k = gram.shape[0]
