@@ -40,7 +40,6 @@ METRICS = ("sst_acc", "quora_acc", "sts_pearson", "overall")
 QUICK: dict[str, Any] = dict(
     epochs=1,
     steps_per_epoch=60,
-    batch_size=16,
     train_limit=4000,
     dev_limit=400,
     eval_train_limit=200,

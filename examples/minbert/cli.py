@@ -29,6 +29,18 @@ def _kv(text: str) -> tuple[str, Any]:
         return key.replace("-", "_"), value
 
 
+def _batch_sizes(text: str) -> int | list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a batch size or sst,quora,sts sizes, got {text!r}"
+        ) from None
+    if len(sizes) not in (1, 3) or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 sizes >= 1, got {text!r}")
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def _file(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected TASK-SPLIT=PATH, got {text!r}")
@@ -94,7 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.steps_per_epoch,
         help="steps per epoch (0: the scheduler's own epoch rule)",
     )
-    tr.add_argument("--batch-size", type=int, default=d.batch_size, help="per task and step")
+    tr.add_argument(
+        "--batch-size",
+        type=_batch_sizes,
+        default=d.batch_size,
+        help="examples per task and step: one number, or sst,quora,sts (e.g. 16,24,8)",
+    )
+    tr.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     tr.add_argument("--lr", type=float, default=d.lr, help="encoder learning rate")
     tr.add_argument("--head-lr", type=float, default=d.head_lr)
     tr.add_argument("--weight-decay", type=float, default=d.weight_decay)

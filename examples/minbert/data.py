@@ -29,13 +29,16 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from .tokenizer import BertTokenizer, Encoded
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "Batch",
@@ -307,6 +310,9 @@ def read_sts(
 class ExampleDataset(Dataset[E], Generic[E]):
     """A map-style dataset over a list of examples."""
 
+    #: the task whose files :meth:`load` reads (set by each subclass)
+    task: ClassVar[Task]
+
     def __init__(self, examples: Sequence[E]) -> None:
         self.examples: list[E] = list(examples)
 
@@ -316,10 +322,6 @@ class ExampleDataset(Dataset[E], Generic[E]):
     def __getitem__(self, index: int) -> E:
         return self.examples[index]
 
-
-class SSTDataset(ExampleDataset[SentimentExample]):
-    """SST-5 sentiment classification."""
-
     @classmethod
     def load(
         cls,
@@ -328,41 +330,32 @@ class SSTDataset(ExampleDataset[SentimentExample]):
         *,
         strict: bool = False,
         limit: int | None = None,
-    ) -> SSTDataset:
-        """Read ``sst-{split}.csv`` from ``data_dir`` (default: the shipped files)."""
-        return cls(read_sst(dataset_path("sst", split, data_dir), strict=strict, limit=limit))
+    ) -> Self:
+        """Read ``{task}-{split}.csv`` from ``data_dir`` (default: the shipped files)."""
+        read = READERS[cls.task]
+        return cls(read(dataset_path(cls.task, split, data_dir), strict=strict, limit=limit))
+
+
+class SSTDataset(ExampleDataset[SentimentExample]):
+    """SST-5 sentiment classification."""
+
+    task = "sst"
 
 
 class QuoraDataset(ExampleDataset[ParaphraseExample]):
     """Quora Question Pairs paraphrase detection."""
 
-    @classmethod
-    def load(
-        cls,
-        split: Split,
-        data_dir: str | Path | None = None,
-        *,
-        strict: bool = False,
-        limit: int | None = None,
-    ) -> QuoraDataset:
-        """Read ``quora-{split}.csv`` from ``data_dir`` (default: the shipped files)."""
-        return cls(read_quora(dataset_path("quora", split, data_dir), strict=strict, limit=limit))
+    task = "quora"
 
 
 class STSDataset(ExampleDataset[SimilarityExample]):
     """STS Benchmark semantic textual similarity."""
 
-    @classmethod
-    def load(
-        cls,
-        split: Split,
-        data_dir: str | Path | None = None,
-        *,
-        strict: bool = False,
-        limit: int | None = None,
-    ) -> STSDataset:
-        """Read ``sts-{split}.csv`` from ``data_dir`` (default: the shipped files)."""
-        return cls(read_sts(dataset_path("sts", split, data_dir), strict=strict, limit=limit))
+    task = "sts"
+
+
+#: the reader of each task's file format
+READERS: dict[Task, Callable[..., list]] = {"sst": read_sst, "quora": read_quora, "sts": read_sts}
 
 
 # --------------------------------------------------------------------------------------------

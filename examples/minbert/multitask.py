@@ -62,7 +62,7 @@ class TaskOptions:
     margin: float = 0.5
     margin_end: float | None = None
     margin_steps: int = 1000
-    dropout: float = 0.1
+    dropout: float = 0.0  # on the heads' inputs (the encoder keeps its own)
     mnrl_scale: float = 20.0
     cosent_scale: float = 20.0
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 import mtlkit
@@ -31,7 +31,7 @@ from mtlkit import schedulers as sch
 from mtlkit.strategies.base import strategy_class
 
 from . import metrics
-from .data import Collate, QuoraDataset, SSTDataset, STSDataset
+from .data import READERS, Collate, QuoraDataset, SSTDataset, STSDataset
 from .model import BertConfig, BertModel
 from .multitask import TASKS, MultitaskBert, TaskOptions, best_threshold
 from .tokenizer import BertTokenizer
@@ -57,9 +57,10 @@ class TrainConfig:
     fine_tune: str = "full-model"  # or "last-linear-layer" (encoder frozen)
     epochs: int = 3
     steps_per_epoch: int | None = 140  # None: the scheduler's own epoch rule
-    batch_size: int = 16  # per task and step
-    lr: float = 1e-5  # encoder
-    head_lr: float = 3e-3
+    # examples per task and step: one size for all, or (sst, quora, sts)
+    batch_size: int | list[int] = field(default_factory=lambda: [32, 16, 8])
+    lr: float = 5e-5  # encoder
+    head_lr: float = 1e-2
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_length: int = 64
@@ -85,13 +86,26 @@ class TrainConfig:
             raise ValueError("fine_tune must be 'full-model' or 'last-linear-layer'")
         if self.init not in ("pretrained", "tiny-random"):
             raise ValueError(f"init must be 'pretrained' or 'tiny-random', got {self.init!r}")
-        for name in ("epochs", "batch_size", "max_length", "eval_batch_size"):
+        for name in ("epochs", "max_length", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        sizes = self.task_batch_sizes
+        if len(sizes) != len(TASKS) or min(sizes) < 1:
+            raise ValueError(
+                f"batch_size must be one size >= 1 or {len(TASKS)} of them (sst, quora, sts), "
+                f"got {self.batch_size!r}"
+            )
         if self.strategy.lower() not in mtlkit.list_strategies():
             raise ValueError(
                 f"unknown strategy {self.strategy!r}; choose one of {mtlkit.list_strategies()}"
             )
+
+    @property
+    def task_batch_sizes(self) -> list[int]:
+        """Examples per step of each task (sst, quora, sts)."""
+        if isinstance(self.batch_size, int):
+            return [self.batch_size] * len(TASKS)
+        return [int(b) for b in self.batch_size]
 
 
 # ------------------------------------------------------------------------------ set-up
@@ -113,11 +127,7 @@ def load_datasets(cfg: TrainConfig, split: str, limit: int | None) -> list[Any]:
         path = _file(cfg, task, split)
         data_dir = path.parent if path else cfg.data_dir
         if path is not None:
-            reader = {"sst": "read_sst", "quora": "read_quora", "sts": "read_sts"}[task]
-            from . import data as data_mod
-
-            rows = getattr(data_mod, reader)(path, strict=cfg.strict_data, limit=limit)
-            out.append(kind(rows))
+            out.append(kind(READERS[task](path, strict=cfg.strict_data, limit=limit)))
         else:
             out.append(kind.load(split, data_dir, strict=cfg.strict_data, limit=limit))
     return out
@@ -137,15 +147,16 @@ def build_model(cfg: TrainConfig) -> tuple[MultitaskBert, BertTokenizer]:
 
 
 def build_scheduler(cfg: TrainConfig, sizes: Sequence[int]) -> sch.TaskScheduler:
-    b = cfg.batch_size
+    b = cfg.task_batch_sizes
     epoch: sch.EpochSpec = cfg.steps_per_epoch if cfg.steps_per_epoch else "max"
     if cfg.scheduler == "round-robin":
         return sch.RoundRobin(sizes, b, mode="all", epoch=epoch)
     sampled: sch.EpochSpec = cfg.steps_per_epoch if cfg.steps_per_epoch else "sum"
+    floor = max(2, min(b) // 4)
     common: dict[str, Any] = {
         "mode": "all",
-        "total_batch_size": b * len(sizes),
-        "min_per_task": max(2, b // 4),
+        "total_batch_size": sum(b),
+        "min_per_task": floor,
         "epoch": sampled,
         "seed": cfg.seed,
     }
@@ -157,8 +168,8 @@ def build_scheduler(cfg: TrainConfig, sizes: Sequence[int]) -> sch.TaskScheduler
         return sch.Annealed(sizes, b, num_epochs=cfg.epochs, **common)
     return sch.DynamicBatchAllocation(
         sizes,
-        b * len(sizes),
-        min_per_task=max(2, b // 4),
+        sum(b),
+        min_per_task=floor,
         temperature=0.05,
         signal="score",
         epoch=sampled,
@@ -217,8 +228,10 @@ def predict(
     out = []
     for task, ds in enumerate(datasets):
         mode = cfg.tasks.pair_mode(TASKS[task])
+        # batches of similar length waste little on padding; results go back to file order
+        order = sorted(range(len(ds)), key=lambda i: _text_length(ds[i]))
         loader = DataLoader(
-            ds,
+            Subset(ds, order),
             batch_size=cfg.eval_batch_size,
             collate_fn=Collate(tokenizer, pair_mode=mode, max_length=cfg.max_length),
         )
@@ -229,9 +242,17 @@ def predict(
                 p = model.predict(task, batch)
             preds.append(p.float().cpu())
             labels.append(batch.labels.cpu())
-        out.append((torch.cat(preds).numpy(), torch.cat(labels).numpy()))
+        inverse = np.argsort(np.asarray(order, dtype=np.int64))
+        out.append((torch.cat(preds).numpy()[inverse], torch.cat(labels).numpy()[inverse]))
     model.train(was_training)
     return out
+
+
+def _text_length(example: Any) -> int:
+    """Characters of an example's text(s): a cheap proxy of its length in tokens."""
+    if hasattr(example, "sentence"):
+        return len(example.sentence)
+    return max(len(example.sentence1), len(example.sentence2))
 
 
 def scores(results: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:

@@ -177,3 +177,51 @@ def test_best_threshold_by_hand() -> None:
     labels = torch.tensor([1, 1, 0, 0])
     t = best_threshold(cos, labels)
     assert 0.3 < t < 0.8
+
+
+def test_per_task_batch_sizes(tmp_path: Path) -> None:
+    """``batch_size=[a, b, c]`` draws a, b and c examples of SST, Quora and STS each step."""
+    trainer = Trainer(tiny_config(tmp_path, batch_size=[6, 3, 2]))
+    batches = next(iter(trainer.loader))
+    assert [len(batches[t].labels) for t in range(3)] == [6, 3, 2]
+    assert trainer.cfg.task_batch_sizes == [6, 3, 2]
+    assert tiny_config(tmp_path, batch_size=5).task_batch_sizes == [5, 5, 5]
+    for bad in ([4, 4], [4, 0, 4], 0):
+        with pytest.raises(ValueError, match="batch_size"):
+            tiny_config(tmp_path, batch_size=bad)
+
+
+def test_cli_batch_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from examples.minbert.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--batch-size", "16,24,8"])
+    assert config_from_args(args).task_batch_sizes == [16, 24, 8]
+    args = build_parser().parse_args(["train", "--batch-size", "12"])
+    assert config_from_args(args).task_batch_sizes == [12, 12, 12]
+    for bad in ("16,8", "a,b,c", "0"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", "--batch-size", bad])
+    assert "--batch-size" in capsys.readouterr().err
+
+
+def test_predictions_come_back_in_file_order(tmp_path: Path) -> None:
+    """Evaluation batches sentences of similar length together; results are in file order
+    and equal those of one example at a time (no padding at all)."""
+    from examples.minbert.train import predict
+
+    trainer = Trainer(tiny_config(tmp_path, dev_limit=30, tasks=TaskOptions(dropout=0.0)))
+    dev = trainer.dev_sets
+    lengths = [len(ex.sentence) for ex in dev[0].examples]
+    assert lengths != sorted(lengths)  # the file is not already in length order
+    batched = predict(trainer.model, dev, trainer.tokenizer, trainer.cfg, trainer.device)
+    trainer.cfg.eval_batch_size = 1
+    single = predict(trainer.model, dev, trainer.tokenizer, trainer.cfg, trainer.device)
+    expected_labels = [
+        [ex.label for ex in dev[0].examples],
+        [ex.label for ex in dev[1].examples],
+        [ex.score for ex in dev[2].examples],
+    ]
+    for (pb, lb), (ps, ls), labels in zip(batched, single, expected_labels, strict=True):
+        assert lb.tolist() == pytest.approx(labels)
+        assert ls.tolist() == pytest.approx(labels)
+        assert pb.tolist() == pytest.approx(ps.tolist(), abs=1e-4)
