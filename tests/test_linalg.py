@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mtlkit import _linalg as linalg
 from mtlkit._linalg import GRAMIAN_CHUNK, gramian, weighted_sum
 
 
@@ -41,6 +42,21 @@ def test_weighted_sum_into_out() -> None:
     res = weighted_sum(w, matrix, out=out)
     assert res.data_ptr() == out.data_ptr()
     torch.testing.assert_close(res, (w.float()[:, None] * matrix).sum(0))
+
+
+@pytest.mark.parametrize("extra", [0, 1, 12345])
+def test_weighted_sum_blocked(monkeypatch: pytest.MonkeyPatch, extra: int) -> None:
+    """Blocked on the CPU (P over the block size, with a partial last block): every
+    column is written once, equal to the one-product result."""
+    monkeypatch.setattr(linalg, "WEIGHTED_SUM_CHUNK", 1000)
+    matrix = torch.randn(4, 3000 + extra)
+    w = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=torch.float64)
+    out = torch.full((matrix.shape[1],), float("nan"))
+    res = weighted_sum(w, matrix, out=out)
+    assert res.data_ptr() == out.data_ptr()
+    exact = (w[:, None] * matrix.double()).sum(0)
+    torch.testing.assert_close(res.double(), exact, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weighted_sum(w, matrix), res)
 
 
 def test_gramian_rejects_bad_shape() -> None:
