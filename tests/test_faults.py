@@ -174,8 +174,11 @@ def test_skip_leaves_optimizer_and_strategy_untouched(name: str, fault: str) -> 
     assert not torch.equal(model.trunk[0].weight, params["trunk.0.weight"])
 
 
+@pytest.mark.parametrize("fault", ["nan-loss", "inf-gradient"])
 @pytest.mark.parametrize("name", mtlkit.list_strategies())
-def test_skip_leaves_every_strategy_state_untouched(name: str) -> None:
+def test_skip_leaves_every_strategy_state_untouched(name: str, fault: str) -> None:
+    """Also for loss weightings, whose state moves when they weigh the losses, before the
+    shared gradient is known to be finite (an inf gradient with finite losses)."""
     torch.manual_seed(0)
     model, data = Net(), make_data()
     strategy = mtlkit.get_strategy(name, **strategy_options(name))
@@ -185,7 +188,7 @@ def test_skip_leaves_every_strategy_state_untouched(name: str) -> None:
         assert engine.combine()
     state = _clone(strategy.state_dict())
     grads = [p.grad.clone() for p in model.trunk.parameters()]  # type: ignore[union-attr]
-    _backward_step(engine, model, data, "nan-loss")
+    _backward_step(engine, model, data, fault)
     assert engine.combine() is False
     assert _same(strategy.state_dict(), state)
     for p, g in zip(model.trunk.parameters(), grads, strict=True):
