@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 import mtlkit
 from mtlkit import GradNorm, PCGrad, TaskGradients
+from tests.state_utils import clone_state, same_state
 
 K = 3
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -41,36 +42,6 @@ def make_data(device: str = "cpu", n: int = 32) -> list[tuple[Tensor, Tensor]]:
     data = [(x, (x[:, 0] > 0).float() + (x[:, 1] > 0).float())]
     data += [(x, x[:, t] - 0.5 * x[:, 2 + t]) for t in (1, 2)]
     return [(a.to(device), b.to(device)) for a, b in data]
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Exact equality of nested state (tensors, dicts, lists, numbers, None)."""
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return (
-            isinstance(a, Tensor)
-            and isinstance(b, Tensor)
-            and a.shape == b.shape
-            and torch.equal(a.cpu(), b.cpu())
-        )
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return (
-            isinstance(b, (list, tuple))
-            and len(a) == len(b)
-            and all(_same(x, y) for x, y in zip(a, b, strict=True))
-        )
-    return bool(a == b)
-
-
-def _clone(state: Any) -> Any:
-    if isinstance(state, Tensor):
-        return state.detach().clone()
-    if isinstance(state, dict):
-        return {k: _clone(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_clone(v) for v in state)
-    return state
 
 
 # ----------------------------------------------------------------------------- bfloat16
@@ -188,7 +159,7 @@ def test_grad_scaler_strategy_sees_unscaled_gradients_and_losses(name: str) -> N
     for i, (a, b) in enumerate(zip(plain_j, scaled_j, strict=True)):
         if i != 2:
             assert torch.equal(a, b), i
-    assert _same(plain_strategy.state_dict(), scaled_strategy.state_dict())
+    assert same_state(plain_strategy.state_dict(), scaled_strategy.state_dict())
     if name == "gradnorm":
         assert isinstance(scaled_strategy, GradNorm)
         assert scaled_strategy.initial_losses is not None
@@ -228,16 +199,16 @@ def test_grad_scaler_skips_overflow_step(name: str, device: str) -> None:
         return ok
 
     assert step(False)
-    params = _clone(dict(model.named_parameters()))
-    opt_state = _clone(optimizer.state_dict())
-    strat_state = _clone(strategy.state_dict())
+    params = clone_state(dict(model.named_parameters()))
+    opt_state = clone_state(optimizer.state_dict())
+    strat_state = clone_state(strategy.state_dict())
     scale = scaler.get_scale()
     assert step(True) is False
     assert scaler.get_scale() == scale / 2
     for n, p in model.named_parameters():
         assert torch.equal(p, params[n]), n
-    assert _same(optimizer.state_dict(), opt_state)
-    assert _same(strategy.state_dict(), strat_state)
+    assert same_state(optimizer.state_dict(), opt_state)
+    assert same_state(strategy.state_dict(), strat_state)
     assert step(False)  # training goes on
     assert not torch.equal(model.trunk[0].weight, params["trunk.0.weight"])
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 import mtlkit
 from mtlkit import NonFiniteError, TaskGradients
+from tests.state_utils import clone_state, same_state
 
 K = 3
 
@@ -50,36 +51,6 @@ def strategy_options(name: str) -> dict[str, Any]:
     if name == "uncertainty":
         return {"num_tasks": K}
     return {}
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Exact equality of nested state (tensors, dicts, lists, numbers, None)."""
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return (
-            isinstance(a, Tensor)
-            and isinstance(b, Tensor)
-            and a.shape == b.shape
-            and torch.equal(a.cpu(), b.cpu())
-        )
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return (
-            isinstance(b, (list, tuple))
-            and len(a) == len(b)
-            and all(_same(x, y) for x, y in zip(a, b, strict=True))
-        )
-    return bool(a == b)
-
-
-def _clone(state: Any) -> Any:
-    if isinstance(state, Tensor):
-        return state.detach().clone()
-    if isinstance(state, dict):
-        return {k: _clone(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_clone(v) for v in state)
-    return state
 
 
 def _inf_grad(g: Tensor) -> Tensor:
@@ -147,9 +118,9 @@ def test_skip_leaves_optimizer_and_strategy_untouched(name: str, fault: str) -> 
         return ok
 
     assert step(None) and step(None)
-    params = _clone(dict(model.named_parameters()))
-    opt_state = _clone(optimizer.state_dict())
-    strat_state = _clone(strategy.state_dict())
+    params = clone_state(dict(model.named_parameters()))
+    opt_state = clone_state(optimizer.state_dict())
+    strat_state = clone_state(strategy.state_dict())
     if name == "pcgrad":
         assert isinstance(strategy, mtlkit.PCGrad)
         generator = strategy.generator.get_state().clone()
@@ -162,8 +133,8 @@ def test_skip_leaves_optimizer_and_strategy_untouched(name: str, fault: str) -> 
     assert step(fault) is False
     for n, p in model.named_parameters():
         assert torch.equal(p, params[n]), n
-    assert _same(optimizer.state_dict(), opt_state)
-    assert _same(strategy.state_dict(), strat_state)
+    assert same_state(optimizer.state_dict(), opt_state)
+    assert same_state(strategy.state_dict(), strat_state)
     assert strategy.last_stats is stats
     if name == "pcgrad":
         assert torch.equal(strategy.generator.get_state(), generator)  # type: ignore[attr-defined]
@@ -186,11 +157,11 @@ def test_skip_leaves_every_strategy_state_untouched(name: str, fault: str) -> No
     for _ in range(2):
         _backward_step(engine, model, data, None)
         assert engine.combine()
-    state = _clone(strategy.state_dict())
+    state = clone_state(strategy.state_dict())
     grads = [p.grad.clone() for p in model.trunk.parameters()]  # type: ignore[union-attr]
     _backward_step(engine, model, data, fault)
     assert engine.combine() is False
-    assert _same(strategy.state_dict(), state)
+    assert same_state(strategy.state_dict(), state)
     for p, g in zip(model.trunk.parameters(), grads, strict=True):
         assert torch.equal(p.grad, g)  # type: ignore[arg-type]
 
