@@ -347,9 +347,10 @@ class TaskGradients:
             if self.nonfinite == "skip":
                 return False
             raise NonFiniteError(f"non-finite loss in tasks {tasks} at step {step}")
-        # Weighing the losses may move the strategy's state (histories, random draws); keep
-        # a copy to put back if the shared gradient turns out non-finite.
-        saved = copy.deepcopy(self.strategy.state_dict()) if self.strategy.check_finite else None
+        # Weighing the losses may move the strategy's state (histories, random draws); where
+        # a non-finite shared gradient skips the step, keep a copy to put back.
+        may_skip = self.strategy.check_finite and (self.nonfinite == "skip" or scale is not None)
+        saved = copy.deepcopy(self.strategy.state_dict()) if may_skip else None
         weighted = self.strategy.weighted_loss(losses)  # type: ignore[attr-defined]
         if scale is not None:
             weighted = weighted * scale.to(weighted.dtype)
@@ -362,8 +363,8 @@ class TaskGradients:
             dist.all_reduce(update, group=group)
             update.div_(dist.get_world_size(group))
         if self.strategy.check_finite and not bool(torch.isfinite(update.abs().max())):
-            assert saved is not None
-            self.strategy.load_state_dict(saved)
+            if saved is not None:
+                self.strategy.load_state_dict(saved)
             if scale is not None:  # fp16 overflow: the scaler sees inf and skips
                 self._add_into_grad(update)
                 return False
