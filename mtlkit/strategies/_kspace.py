@@ -22,6 +22,7 @@ and stops the iterations.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +30,11 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from mtlkit.strategies.base import GramianStrategy
+
 __all__ = [
     "RIDGE",
+    "CosineStrategy",
     "Normalised",
     "as_weights",
     "dual_cone_weights",
@@ -63,6 +67,11 @@ class Normalised:
     norms: Array
     live: NDArray[np.bool_]
     cos: Array
+
+    @property
+    def live_norms(self) -> Array:
+        """(k,) the norms of the live rows, in the order of ``cos``."""
+        return self.norms[self.live]
 
 
 def normalise(gram: Tensor) -> Normalised:
@@ -243,3 +252,20 @@ def dual_cone_weights(cos: Array, lower: Array, x0: Array | None = None) -> Arra
     a_mat = cos + RIDGE * np.eye(k)
     z = solve_qp(a_mat, a_mat @ unit, x0=None if x0 is None else x0 / top)
     return top * (unit + z)
+
+
+class CosineStrategy(GramianStrategy):
+    """A Gramian strategy whose weights are a function of the row norms and cosines.
+
+    :meth:`weights` returns ``[1]`` for a single task, otherwise splits G with
+    :func:`normalise` and hands it to :meth:`solve`; subclasses implement only that.
+    """
+
+    def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
+        if gram.shape[0] == 1:
+            return torch.ones(1, dtype=torch.float64, device=gram.device)
+        return as_weights(self.solve(normalise(gram)), gram)
+
+    @abstractmethod
+    def solve(self, norm: Normalised) -> Array:
+        """The (K,) weights, as float64 numpy, for K >= 2 tasks."""

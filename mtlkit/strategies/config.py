@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from mtlkit.strategies._kspace import as_weights, normalise
-from mtlkit.strategies.base import GramianStrategy, register
+from mtlkit.strategies._kspace import Array, CosineStrategy, Normalised
+from mtlkit.strategies.base import register
 
 __all__ = ["ConFIG"]
 
 
 @register("config")
-class ConFIG(GramianStrategy):
+class ConFIG(CosineStrategy):
     r"""Conflict-Free Inverse Gradients (Liu, Chu, Thuerey, 2024, *ConFIG: Towards
     Conflict-free Training of Physics Informed Neural Networks*, arXiv:2408.11104, ICLR
     2025, the ConFIG update rule).
@@ -51,15 +49,12 @@ class ConFIG(GramianStrategy):
     def __init__(self, rcond: float = 1e-12) -> None:
         self.rcond = rcond
 
-    def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
-        k = gram.shape[0]
-        if k == 1:
-            return torch.ones(1, dtype=torch.float64, device=gram.device)
-        norm = normalise(gram)
-        n = norm.norms[norm.live]
+    def solve(self, norm: Normalised) -> Array:
+        k = norm.norms.shape[0]
+        n = norm.live_norms
         w = np.zeros(k)
         if n.shape[0] == 0:
-            return as_weights(w, gram)
+            return w
         evals, evecs = np.linalg.eigh(norm.cos)
         keep = evals > self.rcond * float(evals.max())
         v = evecs[:, keep]
@@ -68,10 +63,10 @@ class ConFIG(GramianStrategy):
         sq = float(beta @ c_beta)
         # 1 (numerically) orthogonal to the range of C: g_v = 0, the direction is undefined.
         if not (float(np.abs(c_beta).max()) > 1e-8 and sq > 0):
-            return as_weights(w, gram)
+            return w
         total = float(n @ c_beta)
         w[norm.live] = total / sq * beta / n
-        return as_weights(w, gram)
+        return w
 
     def __repr__(self) -> str:
         return f"ConFIG(rcond={self.rcond})"

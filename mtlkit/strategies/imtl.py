@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from mtlkit.strategies._kspace import as_weights, normalise
-from mtlkit.strategies.base import GramianStrategy, register
+from mtlkit.strategies._kspace import Array, CosineStrategy, Normalised
+from mtlkit.strategies.base import register
 
 __all__ = ["IMTLG"]
 
 
 @register("imtl-g")
-class IMTLG(GramianStrategy):
+class IMTLG(CosineStrategy):
     r"""Impartial MTL, gradient part (Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, 2021,
     *Towards Impartial Multi-task Learning*, ICLR, the IMTL-G closed form).
 
@@ -46,19 +44,16 @@ class IMTLG(GramianStrategy):
     has :math:`\sum_i \alpha_i = 0`), the weights fall back to the mean, 1/K.
     """
 
-    def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
-        k = gram.shape[0]
-        if k == 1:
-            return torch.ones(1, dtype=torch.float64, device=gram.device)
-        norm = normalise(gram)
-        n = norm.norms[norm.live]
+    def solve(self, norm: Normalised) -> Array:
+        k = norm.norms.shape[0]
+        n = norm.live_norms
         m = n.shape[0]
         w = np.zeros(k)
         if m == 0:
-            return as_weights(np.full(k, 1.0 / k), gram)
+            return np.full(k, 1.0 / k)
         if m == 1:
             w[norm.live] = 1.0
-            return as_weights(w, gram)
+            return w
         # Σ β_i / n_i = 1 is rescaled by the smallest norm: e = n_min / n ∈ (0, 1].
         e = n.min() / n
         system = np.zeros((m + 1, m + 1))
@@ -71,9 +66,9 @@ class IMTLG(GramianStrategy):
         residual = float(np.abs(system @ sol - rhs).max())
         alpha = e * sol[:m]  # = β / n with Σ alpha = 1
         if not (residual <= 1e-8 and np.isfinite(alpha).all()):
-            return as_weights(np.full(k, 1.0 / k), gram)
+            return np.full(k, 1.0 / k)
         w[norm.live] = alpha
-        return as_weights(w, gram)
+        return w
 
     def __repr__(self) -> str:
         return "IMTLG()"

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from mtlkit.strategies._kspace import as_weights, dual_cone_weights, normalise
-from mtlkit.strategies.base import GramianStrategy, register
+from mtlkit.strategies._kspace import Array, CosineStrategy, Normalised, dual_cone_weights
+from mtlkit.strategies.base import register
 
 __all__ = ["UPGrad"]
 
 
 @register("upgrad")
-class UPGrad(GramianStrategy):
+class UPGrad(CosineStrategy):
     r"""Unconflicting Projection of Gradients (Quinton & Rey, 2024, *Jacobian Descent for
     Multi-Objective Optimization*, arXiv:2406.16232, the UPGrad aggregator).
 
@@ -41,12 +39,9 @@ class UPGrad(GramianStrategy):
     A zero row keeps the weight 1/K (its projection is 0).
     """
 
-    def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
-        k = gram.shape[0]
-        if k == 1:
-            return torch.ones(1, dtype=torch.float64, device=gram.device)
-        norm = normalise(gram)
-        n = norm.norms[norm.live]
+    def solve(self, norm: Normalised) -> Array:
+        k = norm.norms.shape[0]
+        n = norm.live_norms
         m = n.shape[0]
         total = np.zeros(m)
         for i in range(m):
@@ -55,7 +50,7 @@ class UPGrad(GramianStrategy):
             total += dual_cone_weights(norm.cos, lower) / n
         w = np.full(k, 1.0 / k)
         w[norm.live] = total / k
-        return as_weights(w, gram)
+        return w
 
     def __repr__(self) -> str:
         return "UPGrad()"
