@@ -362,7 +362,7 @@ class TaskGradients:
         if reduce:
             dist.all_reduce(update, group=group)
             update.div_(dist.get_world_size(group))
-        if self.strategy.check_finite and not bool(torch.isfinite(update.abs().max())):
+        if self.strategy.check_finite and not _all_finite(update):
             if saved is not None:
                 self.strategy.load_state_dict(saved)
             if scale is not None:  # fp16 overflow: the scaler sees inf and skips
@@ -491,3 +491,12 @@ class SharedFeatures:
         if ok and self.value.grad is not None:
             torch.autograd.backward(self.features, self.value.grad)
         return ok
+
+
+def _all_finite(t: Tensor) -> bool:
+    """Whether every entry of ``t`` is finite: one reduction pass, no temporary of its size
+    (NaN propagates into the min and max; ±inf shows in one of them)."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
