@@ -11,6 +11,7 @@ Three kinds of interchangeable parts and a thin engine that joins them to any lo
 """
 
 from mtlkit import distributed, losses, schedulers
+from mtlkit._registry import Context, normalize_name
 from mtlkit.gradients import SharedFeatures, TaskGradients, backward
 from mtlkit.strategies import (
     DWA,
@@ -44,6 +45,7 @@ from mtlkit.strategies import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Context",
     "AlignedMTL",
     "CAGrad",
     "ConFIG",
@@ -75,5 +77,6 @@ __all__ = [
     "get_strategy",
     "list_strategies",
     "losses",
+    "normalize_name",
     "schedulers",
 ]

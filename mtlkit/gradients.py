@@ -286,7 +286,16 @@ class TaskGradients:
 
     # ------------------------------------------------------------------ combine
     def combine(self) -> bool:
-        """Combine this step's task gradients into the shared ``.grad``.
+        """Deprecated name of :meth:`write_grad` (kept for one release)."""
+        warnings.warn(
+            "TaskGradients.combine() is renamed write_grad(); combine() goes in 0.3",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.write_grad()
+
+    def write_grad(self) -> bool:
+        """Combine this step's task gradients with the strategy and add them to ``.grad``.
 
         Returns ``True`` when the update was applied, ``False`` when the step was skipped
         (``nonfinite="skip"``, or a float16 overflow with a scaler).
@@ -440,7 +449,7 @@ def backward(
     """
     engine = TaskGradients(shared_params, strategy, nonfinite=nonfinite)
     engine.backward_all(losses, mode=mode)
-    return engine.combine()
+    return engine.write_grad()
 
 
 class SharedFeatures:

@@ -16,7 +16,7 @@ of a matrix ``J`` of shape (K, P), into one update vector of length P.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -24,8 +24,10 @@ import torch
 from torch import Tensor
 
 from mtlkit._linalg import gramian, weighted_sum
+from mtlkit._registry import Context, Registry
 
 __all__ = [
+    "STRATEGIES",
     "GradientStats",
     "GramianStrategy",
     "LossWeighting",
@@ -244,38 +246,34 @@ class LossWeighting(Strategy):
 
 # ----------------------------------------------------------------------------- registry
 
-_REGISTRY: dict[str, type[Strategy]] = {}
+STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 S = TypeVar("S", bound=type[Strategy])
 
 
-def register(name: str) -> Callable[[S], S]:
-    """Class decorator: make a strategy available as ``get_strategy(name)``."""
+def register(name: str, *, aliases: Sequence[str] = ()) -> Callable[[S], S]:
+    """Class decorator: make a strategy available as ``get_strategy(name)``.
 
-    def deco(cls: S) -> S:
-        key = name.lower()
-        if key in _REGISTRY and _REGISTRY[key] is not cls:
-            raise ValueError(f"strategy name {key!r} is already registered")
-        cls.name = key
-        _REGISTRY[key] = cls
-        return cls
-
-    return deco
+    Names are normalised (:func:`mtlkit.normalize_name`): ``"my_method"`` and
+    ``"my-method"`` are one name.
+    """
+    return STRATEGIES.register(name, aliases=aliases)
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    """The class registered under ``name`` (case and ``_``/``-`` insensitive)."""
-    key = name.lower().replace("_", "-")
-    if key not in _REGISTRY:
-        raise KeyError(f"unknown strategy {name!r}; choose one of {', '.join(list_strategies())}")
-    return _REGISTRY[key]
+    """The class registered under ``name`` (case, ``_`` and ``-`` insensitive)."""
+    return STRATEGIES.get_class(name)
 
 
-def get_strategy(name: str, **kwargs: Any) -> Strategy:
-    """Build a registered strategy by name, e.g. ``get_strategy("pcgrad", seed=0)``."""
-    return strategy_class(name)(**kwargs)
+def get_strategy(name: str, /, *, context: Context | None = None, **options: Any) -> Strategy:
+    """Build a registered strategy by name, e.g. ``get_strategy("pcgrad", seed=0)``.
+
+    ``context`` (:class:`mtlkit.Context`) fills the constructor arguments a strategy takes
+    from the run (``num_tasks``, ``seed``) unless ``options`` gives them.
+    """
+    return STRATEGIES.build(name, context, **options)
 
 
 def list_strategies() -> list[str]:
     """Names of all registered strategies, sorted."""
-    return sorted(_REGISTRY)
+    return STRATEGIES.names()
