@@ -75,7 +75,9 @@ class Context:
 
     def as_dict(self) -> dict[str, Any]:
         """The fields that are set."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
 
 
 class Registry(Generic[T]):
