@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 __all__ = ["Context", "Registry", "normalize_name"]
 
@@ -110,8 +110,8 @@ class Registry(Generic[T]):
                     raise ValueError(
                         f"{self.kind} name {k!r} is already registered to {taken.__qualname__}"
                     )
-            cls.name = key
-            self._classes[key] = cls
+            setattr(cls, "name", key)  # noqa: B010 (C is any class)
+            self._classes[key] = cast("type[T]", cls)
             for a in alias_keys:
                 if a != key:
                     self._aliases[a] = key

@@ -22,18 +22,45 @@ is a mean over equally many examples.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["all_reduce_gradients", "broadcast_parameters"]
+__all__ = ["all_reduce_gradients", "broadcast_parameters", "mean_over_ranks"]
+
+#: The engine's data-parallel hook: averages tensors in place over the ranks.
+Reduction = Callable[..., None]
 
 
 def _active(group: Any) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def mean_over_ranks(process_group: Any | bool | None) -> Reduction | None:
+    """The engine's data-parallel reduction for ``process_group``, or ``None``.
+
+    ``process_group`` is ``None``/``False`` (no reduction), ``True`` (the default group)
+    or a group. The returned hook averages each tensor it is given in place over the
+    group's ranks (one all-reduce per tensor); it does nothing while no process group is
+    initialised or the group has one rank, so an engine built before
+    ``init_process_group`` works once it is called.
+    """
+    if process_group is None or process_group is False:
+        return None
+    group = None if process_group is True else process_group
+
+    def reduce(*tensors: Tensor) -> None:
+        if not _active(group):
+            return
+        world = dist.get_world_size(group)
+        for t in tensors:
+            dist.all_reduce(t, group=group)
+            t.div_(world)
+
+    return reduce
 
 
 def broadcast_parameters(module: nn.Module, src: int = 0, group: Any = None) -> None:

@@ -7,7 +7,7 @@ Two loop styles are supported:
       mtl = TaskGradients(shared_params, strategy)
       for task, batch in enumerate(batches):
           mtl.backward(task, loss_fn(model, task, batch))   # frees that task's graph
-      mtl.combine()                                         # update -> .grad
+      mtl.write_grad()                                      # update -> .grad
       optimizer.step()
 
   Each task's backward writes its shared-parameter gradient *straight into its row* of a
@@ -27,21 +27,20 @@ that a task does not reach counts as a zero gradient for that task.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
-from mtlkit.strategies.base import GradientStats, NonFiniteError, Strategy
+from mtlkit import distributed
+from mtlkit._guard import NonFiniteError, NonFiniteGuard, NonFinitePolicy, all_finite
+from mtlkit.diagnostics import GradientStats
+from mtlkit.strategies.base import LossWeighting, Strategy
 
 __all__ = ["SharedFeatures", "TaskGradients", "backward"]
-
-NonFinitePolicy = Literal["raise", "skip"]
 
 
 def _as_loss_list(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:
@@ -59,14 +58,6 @@ def _as_loss_list(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:
     return [loss.reshape(()) for loss in out]
 
 
-def _scaler_scale(scaler: Any) -> Tensor:
-    """The GradScaler's current scale as a tensor, without a host sync when possible."""
-    scale = scaler._get_scale_async() if hasattr(scaler, "_get_scale_async") else None
-    if scale is None:
-        return torch.tensor(float(scaler.get_scale()))
-    return scale  # type: ignore[no-any-return]
-
-
 class TaskGradients:
     """Collects per-task gradients of shared parameters and applies a strategy.
 
@@ -76,19 +67,23 @@ class TaskGradients:
             and get their gradients from autograd as usual.
         strategy: how the rows of J become one update (see :mod:`mtlkit.strategies`).
         num_tasks: K, if known (J is then allocated on the first backward).
-        nonfinite: ``"raise"`` (default): NaN/inf in a loss or a task gradient raises
-            :class:`~mtlkit.strategies.NonFiniteError` naming the task and step.
-            ``"skip"``: :meth:`combine` returns ``False`` and leaves the shared ``.grad``
-            and the strategy's state untouched; skip ``optimizer.step()`` then.
+        nonfinite: ``"raise"`` (default): NaN/inf in a loss, a task gradient or the
+            combined update raises :class:`~mtlkit.NonFiniteError` naming the step (and
+            the task where one is to blame), when :meth:`write_grad` runs.
+            ``"skip"``: :meth:`write_grad` returns ``False`` and leaves the shared
+            ``.grad`` untouched; skip ``optimizer.step()`` then. A loss weighting's state
+            does not move on a skipped step. (The policy is applied in one place,
+            :mod:`mtlkit._guard`.)
         scaler: a ``torch.amp.GradScaler`` when training in float16: pass the scaled
             losses (``backward(task, scaler.scale(loss))``); J and the losses are unscaled
             before the strategy sees them, and the combined update is scaled back into
             ``.grad`` so ``scaler.step(optimizer)`` works as usual (on overflow the update
             is written as inf, so the scaler skips the step and lowers its scale).
-        process_group: for data-parallel training, J and the losses are all-reduced
-            (averaged) over this group (or the default group when ``True``) before the
-            strategy sees them, so every rank combines the *global* per-task gradients
-            (loss weightings: weights from the global losses, shared gradient averaged).
+        process_group: for data-parallel training, J and the losses are averaged over
+            this group (or the default group when ``True``) by the hook
+            :func:`mtlkit.distributed.mean_over_ranks` before the strategy sees them, so
+            every rank combines the *global* per-task gradients (loss weightings: weights
+            from the global losses, shared gradient averaged).
     """
 
     def __init__(
@@ -101,33 +96,16 @@ class TaskGradients:
         scaler: Any | None = None,
         process_group: Any | bool | None = None,
     ) -> None:
-        params = list(shared_params)
-        if not params:
-            raise ValueError("shared_params is empty: pass the parameters all tasks share")
-        seen: set[int] = set()
-        for i, p in enumerate(params):
-            if not isinstance(p, Tensor):
-                raise TypeError(f"shared_params[{i}] is not a tensor: {type(p).__name__}")
-            if not p.requires_grad:
-                raise ValueError(f"shared_params[{i}] (shape {tuple(p.shape)}) has no grad")
-            if id(p) in seen:
-                raise ValueError(f"shared_params[{i}] appears twice")
-            seen.add(id(p))
-        devices = {p.device for p in params}
-        dtypes = {p.dtype for p in params}
-        if len(devices) > 1 or len(dtypes) > 1:
-            raise ValueError(
-                f"shared parameters must share one device and dtype, got {devices} / {dtypes}"
-            )
-        if nonfinite not in ("raise", "skip"):
-            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        params = _check_shared(shared_params)
         if num_tasks is not None and num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+        if not isinstance(strategy, Strategy):
+            raise TypeError(f"strategy must be a mtlkit Strategy, got {type(strategy).__name__}")
         self.params = params
         self.strategy = strategy
-        self.nonfinite = nonfinite
-        self.scaler = scaler
+        self.guard = NonFiniteGuard(nonfinite, scaler)
         self.process_group = process_group
+        self._reduce = distributed.mean_over_ranks(process_group)
         self.num_tasks = num_tasks
         self.numel = sum(p.numel() for p in params)
         self.device = params[0].device
@@ -137,6 +115,16 @@ class TaskGradients:
         self._row_views: list[list[Tensor]] = []
         self._losses: dict[int, Tensor] = {}
         self._done: set[int] = set()
+
+    @property
+    def nonfinite(self) -> NonFinitePolicy:
+        """The non-finite policy, ``"raise"`` or ``"skip"``."""
+        return self.guard.policy
+
+    @property
+    def scaler(self) -> Any | None:
+        """The ``GradScaler`` given at construction (or ``None``)."""
+        return self.guard.scaler
 
     # ------------------------------------------------------------------ buffers
     @property
@@ -302,65 +290,72 @@ class TaskGradients:
         """
         k = self.num_tasks
         if k is None or not self._losses:
-            raise RuntimeError("combine() called before any task backward in this step")
+            raise RuntimeError("write_grad() called before any task backward in this step")
         missing = [t for t in range(k) if t not in self._losses]
         if missing:
             raise RuntimeError(
                 f"tasks {missing} have no backward in this step; call backward(task, loss) "
                 "for every task (use a zero loss for a task with an empty batch)"
             )
-        step = self.step_count
+        losses = torch.stack([self._losses[t] for t in range(k)])
         try:
-            if not self.strategy.needs_jacobian:
-                return self._combine_losses(step)
-            return self._combine_jacobian(step)
+            if isinstance(self.strategy, LossWeighting):
+                return self._write_weighted_loss(self.strategy, losses)
+            return self._write_combined(losses)
         finally:
             self._losses = {}
             self._done = set()
             self.step_count += 1
 
-    def _group(self) -> tuple[bool, Any]:
-        """Whether to all-reduce over ``process_group`` (initialised), and the group."""
-        if self.process_group is None or self.process_group is False:
-            return False, None
-        if not (dist.is_available() and dist.is_initialized()):
-            return False, None
-        return True, None if self.process_group is True else self.process_group
+    def _reject(self, what: str) -> bool:
+        """A non-finite step: the guard skips it, lets the scaler see inf, or raises."""
+        return self.guard.reject(
+            f"step {self.step_count}: {what}",
+            lambda: self._add_into_grad(
+                torch.full((self.numel,), float("inf"), dtype=self.dtype, device=self.device)
+            ),
+        )
 
-    def _scale(self) -> Tensor | None:
-        """The GradScaler's current scale (None without an enabled scaler)."""
-        if self.scaler is None or not self.scaler.is_enabled():
-            return None
-        return _scaler_scale(self.scaler).to(self.device)
+    def _write_combined(self, losses: Tensor) -> bool:
+        """Per-task gradients: J (reduced over ranks, unscaled) -> strategy -> ``.grad``."""
+        jac = self._jac
+        assert jac is not None
+        losses = losses.to(torch.float64)
+        if self._reduce is not None:
+            self._reduce(jac, losses)
+        scale = self.guard.scale(self.device)
+        if scale is not None:  # J and the losses were scaled: the strategy sees true ones
+            jac.mul_(scale.reciprocal().to(jac.dtype))
+            losses = losses / scale.to(torch.float64)
+        try:
+            update = self.strategy.combine(jac, losses)
+        except NonFiniteError as err:
+            return self._reject(str(err))
+        if self.strategy.check_finite and not all_finite(update):
+            return self._reject(
+                f"the combined update of {type(self.strategy).__name__} is not finite "
+                "(finite task gradients overflowed in the combination)"
+            )
+        if scale is not None:
+            update.mul_(scale.to(update.dtype))
+        self._add_into_grad(update)
+        return True
 
-    def _combine_losses(self, step: int) -> bool:
-        assert self.num_tasks is not None
-        losses = torch.stack([self._losses[t] for t in range(self.num_tasks)])
-        scale = self._scale()
+    def _write_weighted_loss(self, strategy: LossWeighting, losses: Tensor) -> bool:
+        """Loss weighting: one backward of the weighted loss -> ``.grad``; the strategy's
+        state moves (:meth:`LossWeighting.accept`) only once the update is written."""
+        scale = self.guard.scale(self.device)
         if scale is not None:  # the losses were scaled: weigh the true ones
             losses = losses / scale.to(losses.dtype)
-        reduce, group = self._group()
-        if reduce:  # weigh the global losses (same weights and state on every rank)
+        if self._reduce is not None:  # weigh the global losses: same weights on every rank
             total = losses.detach().clone()
-            dist.all_reduce(total, group=group)
-            total.div_(dist.get_world_size(group))
+            self._reduce(total)
             losses = losses + (total - losses.detach())  # global values, local gradients
-        bad = ~torch.isfinite(losses.detach())
-        if bool(bad.any()):
-            tasks = bad.nonzero().flatten().tolist()
-            if scale is not None:  # fp16 overflow: let the scaler see it and skip
-                self._add_into_grad(
-                    torch.full((self.numel,), float("inf"), dtype=self.dtype, device=self.device)
-                )
-                return False
-            if self.nonfinite == "skip":
-                return False
-            raise NonFiniteError(f"non-finite loss in tasks {tasks} at step {step}")
-        # Weighing the losses may move the strategy's state (histories, random draws); where
-        # a non-finite shared gradient skips the step, keep a copy to put back.
-        may_skip = self.strategy.check_finite and (self.nonfinite == "skip" or scale is not None)
-        saved = copy.deepcopy(self.strategy.state_dict()) if may_skip else None
-        weighted = self.strategy.weighted_loss(losses)  # type: ignore[attr-defined]
+        values = losses.detach()
+        if not all_finite(values):
+            bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+            return self._reject(f"non-finite loss in tasks {bad}")
+        weighted = strategy.weighted_loss(losses)
         if scale is not None:
             weighted = weighted * scale.to(weighted.dtype)
         # The shared gradient goes to a buffer first (then, distributed, is averaged over
@@ -368,54 +363,16 @@ class TaskGradients:
         update = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
         with self._grads_into(self._views_of(update)):
             torch.autograd.backward(weighted)
-        if reduce:
-            dist.all_reduce(update, group=group)
-            update.div_(dist.get_world_size(group))
-        if self.strategy.check_finite and not _all_finite(update):
-            if saved is not None:
-                self.strategy.load_state_dict(saved)
-            if scale is not None:  # fp16 overflow: the scaler sees inf and skips
-                self._add_into_grad(update)
-                return False
-            if self.nonfinite == "skip":
-                return False
-            raise NonFiniteError(
-                f"non-finite shared gradient at step {step} (loss weighting "
-                f"{type(self.strategy).__name__}; losses {losses.detach().tolist()})"
+        if self._reduce is not None:
+            self._reduce(update)
+        if strategy.check_finite and not all_finite(update):
+            return self._reject(
+                f"non-finite shared gradient (loss weighting {type(strategy).__name__}; "
+                f"losses {values.tolist()})"
             )
         self._add_into_grad(update)
-        return True
-
-    def _combine_jacobian(self, step: int) -> bool:
-        jac = self._jac
-        assert jac is not None and self.num_tasks is not None
-        losses = torch.stack([self._losses[t] for t in range(self.num_tasks)]).to(torch.float64)
-        reduce, group = self._group()
-        if reduce:
-            dist.all_reduce(jac, group=group)
-            dist.all_reduce(losses, group=group)
-            world = dist.get_world_size(group)
-            jac.div_(world)
-            losses.div_(world)
-        scale = self._scale()
-        if scale is not None:  # J and the losses were scaled: the strategy sees true ones
-            jac.mul_(scale.reciprocal().to(jac.dtype))
-            losses = losses / scale.to(torch.float64)
-        try:
-            update = self.strategy.combine(jac, losses)
-        except NonFiniteError as err:
-            if scale is not None:  # fp16 overflow: let the scaler see it and skip
-                update = torch.full(
-                    (self.numel,), float("inf"), dtype=self.dtype, device=self.device
-                )
-                self._add_into_grad(update)
-                return False
-            if self.nonfinite == "skip":
-                return False
-            raise NonFiniteError(f"step {step}: {err}") from err
-        if scale is not None:
-            update.mul_(scale.to(update.dtype))
-        self._add_into_grad(update)
+        strategy.last_stats = GradientStats.from_weights(strategy.loss_weights(values))
+        strategy.accept(values)
         return True
 
     def _add_into_grad(self, update: Tensor) -> None:
@@ -502,10 +459,38 @@ class SharedFeatures:
         return ok
 
 
-def _all_finite(t: Tensor) -> bool:
-    """Whether every entry of ``t`` is finite: one reduction pass, no temporary of its size
-    (NaN propagates into the min and max; ±inf shows in one of them)."""
-    if t.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(t)
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+def _check_shared(shared_params: Iterable[Tensor]) -> list[Tensor]:
+    """The shared parameters as a list of distinct leaf tensors that require grad."""
+    if isinstance(shared_params, Tensor):
+        raise TypeError(
+            "shared_params must be an iterable of parameters (e.g. model.encoder.parameters() "
+            "or [model.weight]), not one tensor"
+        )
+    params = list(shared_params)
+    if not params:
+        raise ValueError("shared_params is empty: pass the parameters all tasks share")
+    seen: set[int] = set()
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"shared_params[{i}] is not a tensor: {type(p).__name__}")
+        if not p.requires_grad:
+            raise ValueError(
+                f"shared_params[{i}] (shape {tuple(p.shape)}) has requires_grad=False "
+                "(frozen): leave it out of the shared parameters"
+            )
+        if not p.is_leaf:
+            raise ValueError(
+                f"shared_params[{i}] (shape {tuple(p.shape)}) is not a leaf tensor (a view or "
+                "the result of an operation): pass the parameters themselves"
+            )
+        if id(p) in seen:
+            raise ValueError(f"shared_params[{i}] appears twice")
+        seen.add(id(p))
+    devices = {p.device for p in params}
+    dtypes = {p.dtype for p in params}
+    if len(devices) > 1 or len(dtypes) > 1:
+        raise ValueError(
+            f"shared parameters must share one device and dtype, got {devices} / {dtypes}"
+        )
+    return params

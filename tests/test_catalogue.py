@@ -12,7 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import lsq_linear, minimize
+from torch import Tensor
 
+from mtlkit import Context, get_strategy
 from mtlkit.strategies import (
     DWA,
     FAMO,
@@ -34,6 +36,7 @@ from mtlkit.strategies import (
     UPGrad,
     list_strategies,
 )
+from tests.state_utils import same_state
 from tests.strategy_checks import (
     SPECS,
     build,
@@ -680,13 +683,36 @@ def test_graddrop_leak_one_is_sum_and_agreeing_signs_kept() -> None:
 # ----------------------------------------------------------------------- loss weightings
 
 
+def taken(strategy: LossWeighting, losses: Tensor) -> Tensor:
+    """One step of a loss weighting as the engine takes it: weights, then accept."""
+    w = strategy.loss_weights(losses)
+    strategy.accept(losses)
+    return w
+
+
+@pytest.mark.parametrize("name", ["rlw", "dwa", "famo", "uncertainty"])
+def test_loss_weights_are_pure_until_accept(name: str) -> None:
+    strategy = get_strategy(name, context=Context(num_tasks=3))
+    assert isinstance(strategy, LossWeighting)
+    rng = np.random.default_rng(5)
+    for _ in range(3):  # move the state past its start
+        taken(strategy, torch.tensor(rng.uniform(0.5, 2.0, 3)))
+    x = torch.tensor(rng.uniform(0.5, 2.0, 3))
+    before = strategy.state_dict()
+    first = strategy.loss_weights(x)
+    strategy.weighted_loss(x.clone().requires_grad_(True))
+    assert same_state(strategy.state_dict(), before)
+    torch.testing.assert_close(strategy.loss_weights(x), first, rtol=0, atol=0)
+    assert same_state(strategy.state_dict(), before)
+
+
 def test_rlw_weights_reference() -> None:
     gen = torch.Generator().manual_seed(11)
     strategy = RLW(seed=11)
     losses = torch.ones(5)
     for _ in range(3):
         expected = torch.softmax(torch.randn(5, generator=gen, dtype=torch.float64), dim=0)
-        torch.testing.assert_close(strategy.loss_weights(losses), expected)
+        torch.testing.assert_close(taken(strategy, losses), expected)
     for dist in ("uniform", "dirichlet"):
         w = RLW(distribution=dist, seed=0).loss_weights(losses)  # type: ignore[arg-type]
         assert bool((w > 0).all()) and float(w.sum()) == pytest.approx(1.0)
@@ -737,14 +763,14 @@ def test_dwa_against_reference_and_periods() -> None:
     losses = [rng.uniform(0.5, 2.0, 4) for _ in range(8)]
     strategy = DWA(temperature=2.0)
     for got, ref in zip(
-        [strategy.loss_weights(torch.tensor(x)) for x in losses],
+        [taken(strategy, torch.tensor(x)) for x in losses],
         dwa_reference(losses, 2.0),
         strict=True,
     ):
         np.testing.assert_allclose(got.numpy(), ref, rtol=1e-12)
     # period 2 = the same rule on the averages of pairs of steps
     strategy = DWA(temperature=2.0, period=2)
-    got = [strategy.loss_weights(torch.tensor(x)).numpy() for x in losses]
+    got = [taken(strategy, torch.tensor(x)).numpy() for x in losses]
     means = [(losses[2 * n] + losses[2 * n + 1]) / 2 for n in range(4)]
     for n, ref in enumerate(dwa_reference(means, 2.0)):
         np.testing.assert_allclose(got[2 * n], ref, rtol=1e-12)
@@ -753,7 +779,7 @@ def test_dwa_against_reference_and_periods() -> None:
     manual = DWA(period=None)
     for n in range(3):
         for x in losses[2 * n : 2 * n + 2]:
-            manual.loss_weights(torch.tensor(x))
+            taken(manual, torch.tensor(x))
         manual.end_period()
     np.testing.assert_allclose(
         manual.loss_weights(torch.tensor(losses[6])).numpy(), got[6], rtol=1e-12
@@ -789,15 +815,15 @@ def test_famo_against_reference_and_explicit_update() -> None:
     losses = [rng.uniform(0.1, 3.0, 3) for _ in range(6)]
     strategy = FAMO(lr=0.5, weight_decay=0.01)
     for x, ref in zip(losses, famo_reference(losses, 0.5, 0.01, 1e-8), strict=True):
-        np.testing.assert_allclose(strategy.loss_weights(torch.tensor(x)).numpy(), ref, rtol=1e-10)
+        np.testing.assert_allclose(taken(strategy, torch.tensor(x)).numpy(), ref, rtol=1e-10)
     # explicit mode: update() with the "after" losses gives the same logits
     explicit = FAMO(lr=0.5, weight_decay=0.01, auto_update=False)
     for before, after in itertools.pairwise(losses):
-        explicit.loss_weights(torch.tensor(before))
+        taken(explicit, torch.tensor(before))
         explicit.update(torch.tensor(after))
     auto = FAMO(lr=0.5, weight_decay=0.01)
     for x in losses:
-        auto.loss_weights(torch.tensor(x))
+        taken(auto, torch.tensor(x))
     assert auto.logits is not None and explicit.logits is not None
     torch.testing.assert_close(explicit.logits, auto.logits)
 

@@ -95,7 +95,7 @@ def train(name: str, rank: int = 0, world: int = 1) -> dict[str, Any]:
             x, y = task_batch(step, task)
             lo, hi = rank * share, (rank + 1) * share
             engine.backward(task, model.task_loss(task, x[lo:hi], y[lo:hi]))
-        ok = engine.combine()
+        ok = engine.write_grad()
         all_reduce_gradients(model.heads.parameters())
         if ok:
             optimizer.step()

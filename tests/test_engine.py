@@ -57,7 +57,7 @@ def test_one_graph_rows_equal_autograd_grad(mode: str) -> None:
     engine.backward_all([model.task_loss(t, x) for t in range(3)], mode=mode)  # type: ignore[arg-type]
     assert engine.jacobian is not None
     torch.testing.assert_close(engine.jacobian, ref)
-    assert engine.combine()
+    assert engine.write_grad()
     torch.testing.assert_close(_flat_grads(model.shared()), ref.sum(0))
     # the unused shared parameter is a zero gradient for every task
     assert torch.count_nonzero(engine.jacobian[:, -6:]) == 0
@@ -72,7 +72,7 @@ def test_per_task_batches_equal_one_graph_path() -> None:
     engine = TaskGradients(model_a.shared(), PCGrad(seed=5), num_tasks=3)
     for t, x in enumerate(xs):
         engine.backward(t, model_a.task_loss(t, x))
-    engine.combine()
+    engine.write_grad()
 
     losses = [model_b.task_loss(t, x) for t, x in enumerate(xs)]
     mtlkit.backward(losses, model_b.shared(), PCGrad(seed=5))
@@ -97,7 +97,7 @@ def test_task_heads_get_only_their_own_gradient() -> None:
     engine = TaskGradients(model.shared(), PCGrad(), num_tasks=3)
     for t, x in enumerate(xs):
         engine.backward(t, model.task_loss(t, x))
-    engine.combine()
+    engine.write_grad()
     for t in range(3):
         for p, g in zip(model.heads[t].parameters(), expected[t], strict=True):
             torch.testing.assert_close(p.grad, g)
@@ -111,7 +111,7 @@ def test_grad_accumulates_over_micro_batches() -> None:
     for x in (x1, x2):
         for t in range(3):
             engine.backward(t, model.task_loss(t, x))
-        engine.combine()
+        engine.write_grad()
     ref = _per_task_reference(model, [x1] * 3).sum(0) + _per_task_reference(model, [x2] * 3).sum(0)
     torch.testing.assert_close(_flat_grads(model.shared()), ref)
 
@@ -124,7 +124,7 @@ def test_nonfinite_loss_raises_naming_task_and_step() -> None:
         loss = model.task_loss(t, x)
         engine.backward(t, loss * float("nan") if t == 1 else loss)
     with pytest.raises(NonFiniteError, match=r"step 0.*task 1"):
-        engine.combine()
+        engine.write_grad()
 
 
 def test_nonfinite_skip_leaves_grads_untouched() -> None:
@@ -136,13 +136,13 @@ def test_nonfinite_skip_leaves_grads_untouched() -> None:
     for t in range(3):
         loss = model.task_loss(t, x)
         engine.backward(t, loss * float("inf") if t == 2 else loss)
-    assert engine.combine() is False
+    assert engine.write_grad() is False
     for p in model.shared():
         assert torch.equal(p.grad, torch.ones_like(p))
     # the next step works normally
     for t in range(3):
         engine.backward(t, model.task_loss(t, x))
-    assert engine.combine() is True
+    assert engine.write_grad() is True
 
 
 def test_missing_task_and_bad_input_errors() -> None:
@@ -151,7 +151,7 @@ def test_missing_task_and_bad_input_errors() -> None:
     engine = TaskGradients(model.shared(), Sum(), num_tasks=3)
     engine.backward(0, model.task_loss(0, x))
     with pytest.raises(RuntimeError, match=r"tasks \[1, 2\]"):
-        engine.combine()
+        engine.write_grad()
     with pytest.raises(IndexError):
         engine.backward(3, model.task_loss(0, x))
     with pytest.raises(ValueError, match="scalar"):
@@ -213,3 +213,62 @@ def test_shared_features_gramian_strategy_gives_weighted_parameter_gradient() ->
 def test_shared_features_needs_graph() -> None:
     with pytest.raises(ValueError, match="requires_grad"):
         mtlkit.SharedFeatures(torch.ones(3))
+
+
+def test_combine_is_a_deprecated_alias_of_write_grad() -> None:
+    torch.manual_seed(2)
+    model = TwoHeads()
+    x = torch.randn(4, 6)
+    engine = TaskGradients(model.shared(), Sum(), num_tasks=3)
+    for t in range(3):
+        engine.backward(t, model.task_loss(t, x))
+    with pytest.warns(DeprecationWarning, match="write_grad"):
+        assert engine.combine() is True
+    expected = _per_task_reference(model, [x, x, x]).sum(0)
+    torch.testing.assert_close(_flat_grads(model.shared()), expected)
+
+
+@pytest.mark.parametrize("name", ["rlw", "dwa", "famo", "uncertainty"])
+def test_loss_weightings_report_their_weights(name: str) -> None:
+    model = TwoHeads()
+    x = torch.randn(4, 6)
+    strategy = mtlkit.get_strategy(name, context=mtlkit.Context(num_tasks=3, seed=0))
+    engine = TaskGradients(model.shared(), strategy, num_tasks=3)
+    for t in range(3):
+        engine.backward(t, model.task_loss(t, x))
+    assert engine.stats is None
+    assert engine.write_grad()
+    stats = engine.stats
+    assert stats is not None and stats.norms is None and stats.conflicts is None
+    assert stats.weights.shape == (3,) and bool(torch.isfinite(stats.weights).all())
+    assert stats.as_dict()["norms"] is None
+
+
+def test_shared_params_must_be_an_iterable_of_trainable_leaves() -> None:
+    lin = nn.Linear(3, 2)
+    with pytest.raises(TypeError, match="iterable of parameters"):
+        TaskGradients(lin.weight, Sum())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a leaf"):
+        TaskGradients([lin.weight[0]], Sum())
+    with pytest.raises(ValueError, match="not a leaf"):
+        TaskGradients([lin.weight * 2], Sum())
+    frozen = nn.Linear(3, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="requires_grad=False"):
+        TaskGradients(frozen.parameters(), Sum())
+    with pytest.raises(TypeError, match="Strategy"):
+        TaskGradients(lin.parameters(), "pcgrad")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_overflowing_combination_is_caught(policy: str) -> None:
+    """Finite float16 rows whose sum overflows: the combined update is checked too."""
+    w = nn.Parameter(torch.zeros(4, dtype=torch.float16))
+    engine = TaskGradients([w], Sum(), num_tasks=2, nonfinite=policy)  # type: ignore[arg-type]
+    for t in range(2):
+        engine.backward(t, (w.float() * 40000.0).sum())
+    if policy == "raise":
+        with pytest.raises(NonFiniteError, match="combined update"):
+            engine.write_grad()
+    else:
+        assert engine.write_grad() is False
+    assert w.grad is None

@@ -2,6 +2,7 @@
 
 from mtlkit.strategies.aligned import AlignedMTL
 from mtlkit.strategies.base import (
+    STRATEGIES,
     GradientStats,
     GramianStrategy,
     LossWeighting,
@@ -10,6 +11,7 @@ from mtlkit.strategies.base import (
     get_strategy,
     list_strategies,
     register,
+    strategy_class,
 )
 from mtlkit.strategies.basic import Mean, Sum, Weighted
 from mtlkit.strategies.cagrad import CAGrad
@@ -29,6 +31,7 @@ from mtlkit.strategies.uncertainty import UncertaintyWeighting
 from mtlkit.strategies.upgrad import UPGrad
 
 __all__ = [
+    "STRATEGIES",
     "AlignedMTL",
     "CAGrad",
     "ConFIG",
@@ -56,4 +59,5 @@ __all__ = [
     "get_strategy",
     "list_strategies",
     "register",
+    "strategy_class",
 ]

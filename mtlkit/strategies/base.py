@@ -17,14 +17,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
 
+from mtlkit._guard import NonFiniteError, check_finite
 from mtlkit._linalg import gramian, weighted_sum
 from mtlkit._registry import Context, Registry
+from mtlkit.diagnostics import GradientStats
 
 __all__ = [
     "STRATEGIES",
@@ -39,75 +40,6 @@ __all__ = [
     "register",
     "strategy_class",
 ]
-
-
-class NonFiniteError(FloatingPointError):
-    """A loss or a per-task gradient holds NaN or inf."""
-
-
-@dataclass(frozen=True)
-class GradientStats:
-    """Gradient-conflict figures read off the Gramian of one ``combine`` call.
-
-    All fields are tensors on the gradients' device (float64), so reading them costs no
-    device sync until a logger asks for values (``.tolist()``).
-
-    Attributes:
-        norms: (K,) per-task gradient norms ``‖g_i‖``.
-        cosines: (K, K) pairwise cosine similarities (0 where a norm is 0).
-        conflicts: () number of task pairs i < j with ``g_i · g_j < 0``.
-        weights: (K,) the weights applied to the rows of J (``update = wᵀJ``).
-    """
-
-    norms: Tensor
-    cosines: Tensor
-    conflicts: Tensor
-    weights: Tensor
-
-    @classmethod
-    def from_gramian(cls, g: Tensor, weights: Tensor) -> GradientStats:
-        norms = g.diagonal().clamp(min=0).sqrt()
-        outer = norms[:, None] * norms[None, :]
-        cosines = torch.where(outer > 0, g / outer.clamp(min=torch.finfo(g.dtype).tiny), 0.0)
-        upper = torch.triu(torch.ones_like(g, dtype=torch.bool), diagonal=1)
-        conflicts = ((g < 0) & upper).sum()
-        return cls(norms=norms, cosines=cosines, conflicts=conflicts, weights=weights)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain Python values (this one call syncs with the device)."""
-        return {
-            "norms": self.norms.tolist(),
-            "cosines": self.cosines.tolist(),
-            "conflicts": int(self.conflicts.item()),
-            "weights": self.weights.tolist(),
-        }
-
-
-def check_finite(gram: Tensor, losses: Tensor | None) -> None:
-    """Raise :class:`NonFiniteError` naming the tasks whose gradient or loss is NaN/inf.
-
-    Reads only the Gramian's diagonal (a NaN or inf anywhere in row i of J makes
-    ``G[i, i]`` NaN or inf), so it costs no pass over P; it syncs once to decide.
-    """
-    diag = gram.diagonal()
-    bad = ~torch.isfinite(diag)
-    if losses is not None:
-        bad_loss = ~torch.isfinite(losses.detach())
-        bad = bad | bad_loss.to(bad.device)
-    if bool(bad.any()):
-        tasks = bad.nonzero().flatten().tolist()
-        what = []
-        for t in tasks:
-            kinds = []
-            if not torch.isfinite(diag[t]):
-                kinds.append("gradient")
-            if losses is not None and not torch.isfinite(losses[t]):
-                kinds.append(f"loss={losses[t].item()}")
-            what.append(f"task {t} ({', '.join(kinds)})")
-        raise NonFiniteError(
-            "non-finite values in " + "; ".join(what) + ". Lower the learning rate, check the "
-            "inputs of these tasks, or use nonfinite='skip' in the engine to skip such steps."
-        )
 
 
 def _check_inputs(matrix: Tensor, losses: Tensor | None) -> None:
@@ -213,22 +145,36 @@ def _to_host(gram: Tensor, losses: Tensor | None) -> tuple[Tensor, Tensor | None
 class LossWeighting(Strategy):
     """A method that weights the task losses and needs no per-task gradients.
 
-    Subclasses implement :meth:`weighted_loss`, returning the scalar to backpropagate.
-    The engine calls it and does one backward, so a step costs what a summed step costs.
-    :meth:`combine` still works on a given J (weights the rows with :meth:`loss_weights`),
-    so every strategy can be used through the same interface.
+    Two calls, kept apart so that a skipped step moves nothing:
+
+    * :meth:`loss_weights` (and :meth:`weighted_loss`, the scalar to backpropagate) are
+      **pure**: the same losses and state give the same weights, and nothing changes.
+    * :meth:`accept` moves the state on (loss histories, logits, random draws); the
+      engine calls it once a step's update was written, never for a skipped step.
+
+    The engine backpropagates :meth:`weighted_loss` once, so a step costs what a summed
+    step costs. :meth:`combine` still works on a given J (weights the rows with
+    :meth:`loss_weights`, then calls :meth:`accept`), so every strategy can be used
+    through the same interface.
     """
 
     needs_jacobian: ClassVar[bool] = False
 
     @abstractmethod
     def loss_weights(self, losses: Tensor) -> Tensor:
-        """Return the (K,) weights for the current losses (detached, float64)."""
+        """Return the (K,) float64 weights for the current losses, changing no state."""
 
     def weighted_loss(self, losses: Tensor) -> Tensor:
-        """Scalar to backpropagate; by default ``Σ w_i L_i`` with :meth:`loss_weights`."""
+        """Scalar to backpropagate (pure); by default ``Σ w_i L_i`` with
+        :meth:`loss_weights`."""
         w = self.loss_weights(losses.detach())
         return (w.to(losses.dtype) * losses).sum()
+
+    def accept(self, losses: Tensor) -> None:
+        """Move the state on after a step with these (detached) losses was taken.
+
+        Stateless weightings do nothing (the default).
+        """
 
     def combine(
         self, matrix: Tensor, losses: Tensor | None = None, *, out: Tensor | None = None
@@ -239,9 +185,12 @@ class LossWeighting(Strategy):
         g = _to_host(gramian(matrix), None)[0]
         if self.check_finite:
             check_finite(g, losses)
-        w = self.loss_weights(losses.detach()).to(torch.float64)
+        values = losses.detach()
+        w = self.loss_weights(values).to(torch.float64)
         self.last_stats = GradientStats.from_gramian(g, w)
-        return weighted_sum(w, matrix, out=out)
+        update = weighted_sum(w, matrix, out=out)
+        self.accept(values)
+        return update
 
 
 # ----------------------------------------------------------------------------- registry

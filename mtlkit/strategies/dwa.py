@@ -24,14 +24,15 @@ class DWA(LossWeighting):
 
     with temperature T (2 in the paper) and :math:`\lambda_i = 1` for the first two
     periods, where :math:`\bar L_i(n)` is the average loss of task i over period n. In the
-    paper a period is an epoch. Here a period is ``period`` calls of
-    :meth:`loss_weights` (so of :meth:`weighted_loss` or ``combine``), 1 by default
+    paper a period is an epoch. Here a period is ``period`` accepted steps (calls of
+    :meth:`accept`, which the engine makes once per step taken, and ``combine`` once per
+    call), 1 by default
     (the step-wise variant, noisier); set ``period`` to the number of steps per epoch
     for the paper's rule, or ``period=None`` and call :meth:`end_period` at the end of
     each epoch.
 
-    Within a call the weights are those of the current period, computed before the
-    call's losses are recorded (recording them is this method's only side effect).
+    Within a step the weights are those of the current period; :meth:`accept` then
+    records the step's losses (the only change of state).
 
     Properties: weights positive, summing to K; all 1 for the first two periods (so the
     first steps are the plain sum); K = 1 gives weight 1; ``combine`` positively
@@ -61,18 +62,20 @@ class DWA(LossWeighting):
 
     def loss_weights(self, losses: Tensor) -> Tensor:
         k = losses.shape[0]
-        values = losses.detach().to(torch.float64)
         if self.running is not None and self.running.numel() != k:
             raise ValueError(f"DWA was set up for {self.running.numel()} tasks, got {k}")
         if self.current is None:
-            w = torch.ones(k, dtype=torch.float64, device=values.device)
-        else:
-            w = self.current.to(values.device)
+            return torch.ones(k, dtype=torch.float64, device=losses.device)
+        return self.current.to(losses.device)
+
+    def accept(self, losses: Tensor) -> None:
+        """Add the step's losses to the current period (closing it after ``period``
+        steps)."""
+        values = losses.detach().to(torch.float64)
         self.running = values.clone() if self.running is None else self.running.to(values) + values
         self.count += 1
         if self.period is not None and self.count >= self.period:
             self.end_period()
-        return w
 
     def end_period(self) -> None:
         """Close the current period: record its mean losses and recompute the weights."""

@@ -40,10 +40,9 @@ class FAMO(LossWeighting):
 
     Two ways to supply :math:`\ell(\theta_{t+1})`:
 
-    * ``auto_update=True`` (default, the cheap variant): each call of
-      :meth:`loss_weights` (so of :meth:`weighted_loss` or ``combine``) first updates
-      the logits with the previous call's losses and the current ones, then weights the
-      current ones. The "after" losses are then measured on the *next* batch rather
+    * ``auto_update=True`` (default, the cheap variant): each step's weights come from
+      the logits updated with the previous step's losses and the current ones;
+      :meth:`accept` (called once the step is taken) keeps those logits. The "after" losses are then measured on the *next* batch rather
       than on the same batch as in the paper: no extra forward pass, noisier
       :math:`\delta`.
     * ``auto_update=False``: call :meth:`update` with the losses re-evaluated on the same
@@ -105,23 +104,31 @@ class FAMO(LossWeighting):
         self.logits = self.logits.to(device)
         return self.logits
 
-    def _step_logits(self, before: Tensor, after: Tensor) -> None:
+    def _stepped_logits(self, before: Tensor, after: Tensor) -> Tensor:
+        """The logits after one step on the log-loss drop from ``before`` to ``after``."""
         xi = self._logits(after.numel(), after.device)
         z = torch.softmax(xi, dim=0)
         drop = torch.log(before.to(after)) - torch.log(after)
         delta = z * (drop - (z * drop).sum())
-        self.logits = xi - self.lr * (delta + self.weight_decay * xi)
+        return xi - self.lr * (delta + self.weight_decay * xi)
+
+    def _current_logits(self, ell: Tensor) -> Tensor:
+        """The logits the weights of losses ``ell`` are read from (auto: stepped first)."""
+        if self.auto_update and self.last_losses is not None:
+            return self._stepped_logits(self.last_losses, ell)
+        return self._logits(ell.numel(), ell.device)
 
     def loss_weights(self, losses: Tensor) -> Tensor:
         ell = self._shifted(losses)
-        xi = self._logits(ell.numel(), ell.device)
-        if self.auto_update and self.last_losses is not None:
-            self._step_logits(self.last_losses, ell)
-            xi = self._logits(ell.numel(), ell.device)
-        z = torch.softmax(xi, dim=0)
+        z = torch.softmax(self._current_logits(ell), dim=0)
         inv = z / ell
-        self.last_losses = ell
         return inv / inv.sum()
+
+    def accept(self, losses: Tensor) -> None:
+        """Keep the logits the step used and its losses (the next step's "before")."""
+        ell = self._shifted(losses)
+        self.logits = self._current_logits(ell)
+        self.last_losses = ell
 
     def update(self, new_losses: Tensor) -> None:
         """Update the logits with the losses after the step, on the batch of the last call.
@@ -131,7 +138,7 @@ class FAMO(LossWeighting):
         """
         if self.last_losses is None:
             return
-        self._step_logits(self.last_losses, self._shifted(new_losses))
+        self.logits = self._stepped_logits(self.last_losses, self._shifted(new_losses))
         self.last_losses = None
 
     def state_dict(self) -> dict[str, Any]:

@@ -29,8 +29,9 @@ class RLW(LossWeighting):
       exponential draws).
 
     Needs no per-task gradients: the engine backpropagates :meth:`weighted_loss` once.
-    Each call of :meth:`loss_weights` (so of :meth:`weighted_loss` or ``combine``) draws
-    new weights, from the strategy's own CPU generator (``K`` numbers per call).
+    Each step draws new weights from the strategy's own CPU generator (``K`` numbers per
+    step): :meth:`loss_weights` reads the step's draw, :meth:`accept` (called once the
+    step is taken) moves the generator on, so a skipped step repeats its draw.
 
     Properties: weights positive and summing to 1, equal to 1/K in expectation for every
     distribution; K = 1 gives weight 1; ``combine`` is positively homogeneous in J (the
@@ -66,7 +67,16 @@ class RLW(LossWeighting):
         return u / total
 
     def loss_weights(self, losses: Tensor) -> Tensor:
-        return self.draw(losses.shape[0]).to(losses.device)
+        """This step's draw, without advancing the generator (:meth:`accept` does)."""
+        saved = self.generator.get_state()
+        try:
+            return self.draw(losses.shape[0]).to(losses.device)
+        finally:
+            self.generator.set_state(saved)
+
+    def accept(self, losses: Tensor) -> None:
+        """Advance the generator past this step's draw."""
+        self.draw(losses.shape[0])
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
