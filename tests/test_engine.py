@@ -272,3 +272,26 @@ def test_overflowing_combination_is_caught(policy: str) -> None:
     else:
         assert engine.write_grad() is False
     assert w.grad is None
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("gradnorm", {"lr": float("inf")}, "lr must be a finite number in \\(0, inf\\)"),
+        ("gradnorm", {"alpha": float("nan")}, "alpha"),
+        ("gradnorm", {"min_weight": 0.0}, "min_weight"),
+        ("nash-mtl", {"max_norm": float("inf")}, "max_norm"),
+        ("nash-mtl", {"tol": -1.0}, "tol"),
+        ("gradvac", {"beta": float("nan")}, "beta must be a finite number in \\[0, 1\\]"),
+        ("famo", {"lr": float("inf")}, "lr"),
+        ("famo", {"min_losses": float("nan")}, "min_losses"),
+        ("dwa", {"temperature": float("inf")}, "temperature"),
+        ("uncertainty", {"num_tasks": 2, "init": float("inf")}, "init must be finite"),
+        ("graddrop", {"leak": float("nan")}, "leak"),
+    ],
+)
+def test_strategy_options_are_validated_at_construction(
+    name: str, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        mtlkit.get_strategy(name, **options)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlkit._checks import check_int, check_real
 from mtlkit.strategies.base import LossWeighting, register
 
 __all__ = ["DWA"]
@@ -49,11 +50,9 @@ class DWA(LossWeighting):
     """
 
     def __init__(self, temperature: float = 2.0, period: int | None = 1) -> None:
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if period is not None and period < 1:
-            raise ValueError(f"period must be >= 1 or None, got {period}")
-        self.temperature = float(temperature)
+        if period is not None:
+            check_int("period", period, 1)
+        self.temperature = check_real("temperature", temperature, low=0.0, open_low=True)
         self.period = period
         self.history: list[Tensor] = []
         self.running: Tensor | None = None

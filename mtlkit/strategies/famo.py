@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlkit._checks import check_int, check_real
 from mtlkit.strategies.base import LossWeighting, register
 
 __all__ = ["FAMO"]
@@ -42,7 +43,8 @@ class FAMO(LossWeighting):
 
     * ``auto_update=True`` (default, the cheap variant): each step's weights come from
       the logits updated with the previous step's losses and the current ones;
-      :meth:`accept` (called once the step is taken) keeps those logits. The "after" losses are then measured on the *next* batch rather
+      :meth:`accept` (called once the step is taken) keeps those logits. The "after"
+      losses are then measured on the *next* batch rather
       than on the same batch as in the paper: no extra forward pass, noisier
       :math:`\delta`.
     * ``auto_update=False``: call :meth:`update` with the losses re-evaluated on the same
@@ -73,16 +75,14 @@ class FAMO(LossWeighting):
         eps: float = 1e-8,
         auto_update: bool = True,
     ) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
+        self.lr = check_real("lr", lr, low=0.0, open_low=True)
+        self.weight_decay = check_real("weight_decay", weight_decay, low=0.0)
         self.min_losses = torch.as_tensor(min_losses, dtype=torch.float64).flatten().clone()
-        self.eps = float(eps)
+        if not bool(torch.isfinite(self.min_losses).all()):
+            raise ValueError(f"min_losses must be finite, got {self.min_losses.tolist()}")
+        self.eps = check_real("eps", eps, low=0.0, open_low=True)
+        if num_tasks is not None:
+            check_int("num_tasks", num_tasks, 1)
         self.auto_update = auto_update
         self.logits: Tensor | None = (
             torch.zeros(num_tasks, dtype=torch.float64) if num_tasks else None

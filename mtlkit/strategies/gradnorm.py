@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlkit._checks import check_int, check_real
 from mtlkit.strategies.base import GramianStrategy, register
 
 __all__ = ["GradNorm"]
@@ -51,15 +52,11 @@ class GradNorm(GramianStrategy):
         num_tasks: int | None = None,
         min_weight: float = 1e-3,
     ) -> None:
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if min_weight <= 0:
-            raise ValueError(f"min_weight must be > 0, got {min_weight}")
-        self.alpha = alpha
-        self.lr = lr
-        self.min_weight = min_weight
+        self.alpha = check_real("alpha", alpha, low=0.0)
+        self.lr = check_real("lr", lr, low=0.0, open_low=True)
+        self.min_weight = check_real("min_weight", min_weight, low=0.0, open_low=True)
+        if num_tasks is not None:
+            check_int("num_tasks", num_tasks, 1)
         self.task_weights: Tensor | None = (
             torch.ones(num_tasks, dtype=torch.float64) if num_tasks else None
         )

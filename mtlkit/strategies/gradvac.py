@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlkit._checks import check_real
 from mtlkit.strategies.base import GramianStrategy, register
 from mtlkit.strategies.pcgrad import draw_task_orders
 
@@ -59,9 +60,7 @@ class GradVac(GramianStrategy):
     """
 
     def __init__(self, beta: float = 0.01, seed: int | None = 0) -> None:
-        if not 0 <= beta <= 1:
-            raise ValueError(f"beta must be in [0, 1], got {beta}")
-        self.beta = float(beta)
+        self.beta = check_real("beta", beta, low=0.0, high=1.0)
         self.generator = torch.Generator()
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())

@@ -9,6 +9,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from mtlkit._checks import check_int, check_real
 from mtlkit.strategies._kspace import as_weights, min_norm_simplex, normalise
 from mtlkit.strategies.base import GramianStrategy, register
 
@@ -116,14 +117,12 @@ class NashMTL(GramianStrategy):
         tol: float = 1e-24,
         max_iter: int = 100,
     ) -> None:
-        if update_weights_every < 1:
-            raise ValueError(f"update_weights_every must be >= 1, got {update_weights_every}")
-        if max_norm is not None and not max_norm > 0:
-            raise ValueError(f"max_norm must be > 0, got {max_norm}")
-        self.update_weights_every = update_weights_every
-        self.max_norm = max_norm
-        self.tol = tol
-        self.max_iter = max_iter
+        self.update_weights_every = check_int("update_weights_every", update_weights_every, 1)
+        self.max_norm = (
+            None if max_norm is None else check_real("max_norm", max_norm, low=0.0, open_low=True)
+        )
+        self.tol = check_real("tol", tol, low=0.0)
+        self.max_iter = check_int("max_iter", max_iter, 1)
         self.step = 0
         self.last_weights: Tensor | None = None
 

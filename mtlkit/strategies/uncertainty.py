@@ -56,6 +56,8 @@ class UncertaintyWeighting(LossWeighting):
             values = values.expand(num_tasks)
         if values.numel() != num_tasks:
             raise ValueError(f"init has {values.numel()} values for {num_tasks} tasks")
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"init must be finite, got {values.tolist()}")
         self.log_vars = nn.Parameter(values.clone())
 
     @property
