@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import Tensor
+from torch import Tensor, nn
 
+from mtlkit import Context
+from mtlkit.losses import LOSSES as REGISTRY
 from mtlkit.losses import (
     CallbackMargin,
     ConstantMargin,
@@ -25,7 +29,10 @@ from mtlkit.losses import (
     contrastive_loss,
     cosent_loss,
     cosine_embedding_loss,
+    get_loss,
+    list_losses,
     multiple_negatives_ranking_loss,
+    register,
     triplet_loss,
 )
 
@@ -360,3 +367,176 @@ def test_shape_and_argument_errors() -> None:
         as_margin_schedule("wide")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="step"):
         CosineEmbeddingLoss().set_step(-1)
+
+
+# ----------------------------------------------------------------------------- registry
+
+Inputs = Callable[[], tuple[Tensor, ...]]
+
+#: Registered name -> (module class, its functional form, inputs for both).
+BUILTIN: dict[str, tuple[type[nn.Module], Callable[..., Tensor], Inputs]] = {
+    "cosine-embedding": (
+        CosineEmbeddingLoss,
+        cosine_embedding_loss,
+        lambda: (emb(8, 5, seed=80), emb(8, 5, seed=81), torch.tensor([1, -1] * 4)),
+    ),
+    "multiple-negatives-ranking": (
+        MultipleNegativesRankingLoss,
+        multiple_negatives_ranking_loss,
+        lambda: (emb(8, 5, seed=82), emb(8, 5, seed=83), emb(3, 5, seed=84)),
+    ),
+    "triplet": (
+        TripletLoss,
+        triplet_loss,
+        lambda: (emb(8, 5, seed=85), emb(8, 5, seed=86), emb(8, 5, seed=87)),
+    ),
+    "cosent": (
+        CoSENTLoss,
+        cosent_loss,
+        lambda: (emb(8, 5, seed=88), emb(8, 5, seed=89), torch.rand(8) * 5),
+    ),
+    "contrastive": (
+        ContrastiveLoss,
+        contrastive_loss,
+        lambda: (emb(8, 5, seed=90), 0.3 * emb(8, 5, seed=91), torch.tensor([1, 0] * 4)),
+    ),
+}
+
+
+def test_builtin_losses_are_registered() -> None:
+    assert set(BUILTIN) <= set(list_losses())
+    assert list_losses() == sorted(list_losses())
+    for name, (cls, _, _) in BUILTIN.items():
+        assert REGISTRY.get_class(name) is cls
+        assert cls.name == name  # type: ignore[attr-defined]
+    assert REGISTRY.get_class("mnrl") is MultipleNegativesRankingLoss
+    assert "mnrl" not in list_losses()  # aliases are not listed
+
+
+@pytest.mark.parametrize("name", list(BUILTIN))
+def test_every_registered_loss_builds_with_defaults_and_matches_its_function(name: str) -> None:
+    cls, fn, make_inputs = BUILTIN[name]
+    for spelling in (name, name.replace("-", "_"), name.upper()):
+        module = get_loss(spelling)
+        assert type(module) is cls
+        inputs = make_inputs()
+        assert torch.equal(module(*inputs), fn(*inputs))
+    # a context does not disturb losses, whose constructors take none of its fields
+    assert type(get_loss(name, context=Context(num_tasks=3, seed=0))) is cls
+
+
+def test_get_loss_passes_options() -> None:
+    u, v = emb(6, 4, seed=92), emb(6, 4, seed=93)
+    label = torch.tensor([1, 0, 0, 1, 0, 1])
+    loss = get_loss("contrastive", margin=0.5, distance="cosine", reduction="sum")
+    assert torch.equal(loss(u, v, label), contrastive_loss(u, v, label, 0.5, "cosine", "sum"))
+    mnrl = get_loss("mnrl", scale=7.5, symmetric=True)
+    assert torch.equal(mnrl(u, v), multiple_negatives_ranking_loss(u, v, None, 7.5, True))
+    with pytest.raises(TypeError, match="its options are"):
+        get_loss("cosent", margin=0.5)
+    with pytest.raises(KeyError, match="unknown loss 'hinge'.*contrastive"):
+        get_loss("hinge")
+
+
+class _MyLoss(nn.Module):
+    """A loss defined outside the package."""
+
+    def __init__(self, power: float = 2.0) -> None:
+        super().__init__()
+        self.power = power
+
+    def forward(self, u: Tensor, v: Tensor) -> Tensor:
+        return (u - v).abs().pow(self.power).mean()
+
+
+@pytest.fixture
+def my_loss_registered() -> Iterator[type[nn.Module]]:
+    cls = register("my_loss")(_MyLoss)
+    try:
+        yield cls
+    finally:
+        REGISTRY._classes.pop("my-loss", None)
+
+
+def test_a_loss_registered_from_outside_is_found(my_loss_registered: type[nn.Module]) -> None:
+    assert my_loss_registered.name == "my-loss"  # type: ignore[attr-defined]
+    assert "my-loss" in list_losses()
+    for spelling in ("my-loss", "my_loss", "My Loss"):
+        assert isinstance(get_loss(spelling), _MyLoss)
+    cubed = get_loss("my_loss", power=3.0)
+    assert isinstance(cubed, _MyLoss) and cubed.power == 3.0
+    u, v = emb(4, 3, seed=94), emb(4, 3, seed=95)
+    torch.testing.assert_close(cubed(u, v), (u - v).abs().pow(3).mean())
+    with pytest.raises(ValueError, match="already registered"):
+        register("my-loss")(CoSENTLoss)
+
+
+# ----------------------------------------------------------------------------- margin as data
+
+
+def test_mapping_margin_is_a_linear_margin() -> None:
+    sched = as_margin_schedule({"start": 0.2, "end": 0.6, "steps": 100})
+    assert isinstance(sched, LinearMargin)
+    assert (sched.start, sched.end, sched.steps) == (0.2, 0.6, 100)
+    # from a command line: JSON, through get_loss, stepped and saved like any schedule
+    option = json.loads('{"start": 0.2, "end": 1.0, "steps": 8}')
+    loss = get_loss("contrastive", margin=option, distance="cosine")
+    assert isinstance(loss, ContrastiveLoss) and isinstance(loss.schedule, LinearMargin)
+    assert (loss.schedule.start, loss.schedule.end, loss.schedule.steps) == (0.2, 1.0, 8)
+    loss.step(4)
+    assert loss.margin == pytest.approx(0.6)
+    fresh = TripletLoss(margin={"start": 0.2, "end": 1.0, "steps": 8})
+    fresh.load_state_dict(loss.state_dict())
+    assert fresh.margin == pytest.approx(0.6)
+    assert CosineEmbeddingLoss({"start": -0.5, "end": 0.5, "steps": 2}).margin == -0.5
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"start": 0.2, "end": 0.6}, {"start": 0.2, "end": 0.6, "steps": 10, "warmup": 3}, {}],
+)
+def test_mapping_margin_needs_exactly_start_end_steps(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="'start', 'end' and 'steps'"):
+        as_margin_schedule(bad)
+    with pytest.raises(ValueError, match="'start', 'end' and 'steps'"):
+        get_loss("triplet", margin=bad)
+
+
+def test_mapping_margin_values_are_checked_like_linear_margin() -> None:
+    with pytest.raises(ValueError, match="steps"):
+        as_margin_schedule({"start": 0.2, "end": 0.6, "steps": 0})
+    with pytest.raises(ValueError, match="steps"):
+        as_margin_schedule({"start": 0.2, "end": 0.6, "steps": 10.0})
+    with pytest.raises(ValueError, match="margin"):
+        as_margin_schedule({"start": 0.2, "end": math.inf, "steps": 10})
+
+
+# ----------------------------------------------------------------------------- distances
+
+DISTANCE_MESSAGE = r"^distance must be 'euclidean'(, '\w+')* or 'cosine', got 'manhattan'$"
+
+
+def _takes_distance() -> list[str]:
+    return sorted(
+        name
+        for name in BUILTIN
+        if "distance" in inspect.signature(REGISTRY.get_class(name)).parameters
+    )
+
+
+def test_losses_taking_a_distance() -> None:
+    assert _takes_distance() == ["contrastive", "triplet"]
+
+
+@pytest.mark.parametrize("name", _takes_distance())
+def test_unknown_distance_is_one_clear_error_from_every_loss(name: str) -> None:
+    cls, fn, make_inputs = BUILTIN[name]
+    attempts: list[Callable[[], object]] = [
+        lambda: get_loss(name, distance="manhattan"),
+        lambda: cls(distance="manhattan"),  # when the module is built, not at its first batch
+        lambda: fn(*make_inputs(), distance="manhattan"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ValueError, match=DISTANCE_MESSAGE) as info:
+            attempt()
+        assert info.traceback[-1].name == "check_distance"  # the one place that checks
