@@ -113,8 +113,8 @@ class TaskGradients:
         self.step_count = 0
         self._jac: Tensor | None = None
         self._row_views: list[list[Tensor]] = []
+        #: This step's losses by task (detached, or whole for a loss weighting).
         self._losses: dict[int, Tensor] = {}
-        self._done: set[int] = set()
 
     @property
     def nonfinite(self) -> NonFinitePolicy:
@@ -139,7 +139,7 @@ class TaskGradients:
 
     def _ensure_buffer(self, k: int) -> Tensor:
         if self._jac is None or self._jac.shape[0] != k:
-            if self._jac is not None and (self._done or self._losses):
+            if self._jac is not None and self._losses:
                 raise RuntimeError("the number of tasks changed in the middle of a step")
             self._jac = torch.zeros((k, self.numel), dtype=self.dtype, device=self.device)
             self._row_views = [self._views_of(row) for row in self._jac]
@@ -193,18 +193,17 @@ class TaskGradients:
         :meth:`backward_all` then).
         """
         k = self._num_tasks_for(task)
-        if task in self._done or task in self._losses:
+        if task in self._losses:
             raise RuntimeError(f"task {task} was already backpropagated in this step")
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise ValueError(f"loss of task {task} must be a scalar tensor, got {loss!r}")
         loss = loss.reshape(())
         if not self.strategy.needs_jacobian:
-            self._losses[task] = loss  # backpropagated once, weighted, in combine()
+            self._losses[task] = loss  # backpropagated once, weighted, in write_grad()
             return
         self._ensure_buffer(k)
         self._row_backward(task, loss, retain_graph=retain_graph)
         self._losses[task] = loss.detach()
-        self._done.add(task)
 
     def backward_all(
         self,
@@ -219,7 +218,7 @@ class TaskGradients:
             self.num_tasks = k
         elif self.num_tasks != k:
             raise ValueError(f"expected {self.num_tasks} losses, got {k}")
-        if self._done or self._losses:
+        if self._losses:
             raise RuntimeError("backward_all after per-task backward in the same step")
         if not self.strategy.needs_jacobian:
             self._losses = dict(enumerate(items))
@@ -237,14 +236,12 @@ class TaskGradients:
                 )
             else:
                 self._losses = {i: loss.detach() for i, loss in enumerate(items)}
-                self._done = set(range(k))
                 return
         elif mode not in ("loop", "batched"):
             raise ValueError(f"mode must be 'loop' or 'batched', got {mode!r}")
         for i, loss in enumerate(items):
             self._row_backward(i, loss, retain_graph=i < k - 1)
         self._losses = {i: loss.detach() for i, loss in enumerate(items)}
-        self._done = set(range(k))
 
     def _batched_backward(self, items: list[Tensor], jac: Tensor) -> None:
         k = len(items)
@@ -272,7 +269,7 @@ class TaskGradients:
         with self._grads_into(self._views_of(scratch)):
             torch.autograd.backward(stacked.sum())
 
-    # ------------------------------------------------------------------ combine
+    # ------------------------------------------------------------------ write-back
     def combine(self) -> bool:
         """Deprecated name of :meth:`write_grad` (kept for one release)."""
         warnings.warn(
@@ -304,7 +301,6 @@ class TaskGradients:
             return self._write_combined(losses)
         finally:
             self._losses = {}
-            self._done = set()
             self.step_count += 1
 
     def _reject(self, what: str) -> bool:

@@ -1,19 +1,24 @@
-"""Tests of mtlkit.schedulers: sampling shares, passes, resuming, dynamic allocation."""
+"""Tests of mtlkit.schedulers: sampling shares, passes, resuming, dynamic allocation,
+the registry and compatibility with checkpoints written before the package split."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Any
 
 import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from typing_extensions import Unpack
 
+from mtlkit import Context
 from mtlkit.schedulers import (
+    SCHEDULERS,
     Annealed,
     DynamicBatchAllocation,
     MultiTaskLoader,
@@ -23,8 +28,12 @@ from mtlkit.schedulers import (
     ShuffledIndexStream,
     TaskScheduler,
     Temperature,
+    get_scheduler,
     largest_remainder,
+    list_schedulers,
+    register,
 )
+from mtlkit.schedulers.sampling import SamplingOptions
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -447,3 +456,255 @@ def test_per_task_collate_functions_and_len() -> None:
     assert isinstance(batches[0], list) and batches[0] == sorted(batches[0])
     first, second = batches[1]
     assert torch.equal(first, -second)
+
+
+# ----------------------------------------------------------------------------- registry
+
+RUN = Context(
+    sizes=[8000, 16000, 5500], batch_size=[32, 16, 8], mode="all", epoch=140, seed=0, num_epochs=3
+)
+BUILT_IN = ["annealed", "dynamic", "proportional", "round-robin", "temperature"]
+
+
+def test_built_in_schedulers_are_registered() -> None:
+    assert set(BUILT_IN) <= set(list_schedulers())
+    assert SCHEDULERS.get_class("dynamic-batch-allocation") is DynamicBatchAllocation
+    assert SCHEDULERS.get_class("Round_Robin") is RoundRobin
+    assert "sampling-scheduler" not in SCHEDULERS and "task-scheduler" not in SCHEDULERS
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_one_context_builds_every_scheduler(name: str) -> None:
+    sched = get_scheduler(name, context=RUN)
+    assert sched.name == name
+    assert sched.sizes == [8000, 16000, 5500]
+    assert sched.mode == "all" and len(sched) == 140
+    plans = [sched.next_step() for _ in range(20)]
+    for plan in plans:  # every task every step, 32 + 16 + 8 examples in all
+        assert sorted(plan) == [0, 1, 2] and sum(plan.values()) == 56
+    if name == "round-robin":
+        assert plans[0] == {0: 32, 1: 16, 2: 8}
+    if name == "dynamic":
+        assert plans[0] == {0: 19, 1: 19, 2: 18}  # uniform until a signal arrives
+    if name == "annealed":
+        assert isinstance(sched, Annealed) and sched.num_epochs == 3
+    if isinstance(sched, SamplingScheduler):
+        assert sched.seed == 0 and sched.total_batch_size == 56
+
+
+def test_registry_matches_direct_construction() -> None:
+    by_name = get_scheduler("temperature", context=RUN, temperature=3.0, min_per_task=2)
+    direct = Temperature(
+        [8000, 16000, 5500],
+        [32, 16, 8],
+        temperature=3.0,
+        mode="all",
+        epoch=140,
+        seed=0,
+        min_per_task=2,
+    )
+    assert [by_name.next_step() for _ in range(30)] == [direct.next_step() for _ in range(30)]
+
+
+def test_options_override_the_context() -> None:
+    sched = get_scheduler("temperature", context=RUN, temperature=5.0, mode="one", epoch="sum")
+    assert isinstance(sched, Temperature)
+    assert sched.temperature == 5.0 and sched.mode == "one"
+    assert len(sched) == math.ceil(8000 / 32) + 16000 // 16 + math.ceil(5500 / 8)
+    dynamic = get_scheduler("dynamic", context=RUN, total_batch_size=30)
+    assert sum(dynamic.next_step().values()) == 30  # an explicit total wins over batch_size
+
+
+def test_unknown_option_names_the_valid_ones() -> None:
+    with pytest.raises(TypeError, match="no option 'temprature'") as info:
+        get_scheduler("temperature", context=RUN, temprature=5.0)
+    for option in ["cap", "temperature", "mode", "min_per_task", "seed", "total_batch_size"]:
+        assert option in str(info.value)
+    with pytest.raises(TypeError, match="its options are: batch_size, epoch, mode, sizes"):
+        get_scheduler("round-robin", context=RUN, seed=1)
+    with pytest.raises(KeyError, match="unknown scheduler 'nope'"):
+        get_scheduler("nope")
+
+
+def test_dynamic_total_from_batch_size_and_mode() -> None:
+    assert DynamicBatchAllocation([5, 5], batch_size=3).total_batch_size == 6
+    assert DynamicBatchAllocation([5, 5], batch_size=[3, 4]).total_batch_size == 7
+    assert DynamicBatchAllocation([5, 5], 10, batch_size=[3, 4]).total_batch_size == 10
+    assert DynamicBatchAllocation([5, 5], 10, mode="all").mode == "all"
+    with pytest.raises(TypeError, match="total_batch_size .* or batch_size"):
+        DynamicBatchAllocation([5, 5])
+    with pytest.raises(ValueError, match="mode must be 'all'"):
+        DynamicBatchAllocation([5, 5], 10, mode="one")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="one per task"):
+        DynamicBatchAllocation([5, 5], batch_size=[3])
+    with pytest.raises(ValueError, match="mode must be 'all'"):
+        get_scheduler("dynamic", context=Context(sizes=[5, 5], batch_size=2, mode="one"))
+
+
+class EveryOther(TaskScheduler):
+    """A scheduler written outside the package: tasks 0, 2, 4, ... then 1, 3, ..."""
+
+    def __init__(self, sizes: Sequence[int | Sized], batch_size: int | Sequence[int] = 4) -> None:
+        super().__init__(sizes, mode="one")
+        b = [batch_size] * self.num_tasks if isinstance(batch_size, int) else list(batch_size)
+        self.batch_sizes = b
+        self.order = list(range(0, self.num_tasks, 2)) + list(range(1, self.num_tasks, 2))
+        self.steps_per_epoch = self.num_tasks
+
+    def _plan(self) -> dict[int, int]:
+        task = self.order[self._step % self.num_tasks]
+        return {task: self.batch_sizes[task]}
+
+
+@pytest.fixture
+def my_sched() -> Iterator[type[EveryOther]]:
+    cls = register("my_sched")(EveryOther)
+    yield cls
+    del SCHEDULERS._classes["my-sched"]
+
+
+def test_register_from_outside_the_package(my_sched: type[EveryOther]) -> None:
+    assert "my-sched" in list_schedulers()
+    for name in ("my-sched", "my_sched", "My Sched"):
+        sched = get_scheduler(name, context=RUN)  # takes sizes and batch_size only
+        assert type(sched) is my_sched
+        assert [sched.next_step() for _ in range(3)] == [{0: 32}, {2: 8}, {1: 16}]
+    with pytest.raises(ValueError, match="already registered"):
+        register("my-sched")(RoundRobin)
+
+
+class Tilted(SamplingScheduler):
+    """A rule written outside the package that forwards the shared options."""
+
+    def __init__(
+        self,
+        sizes: Sequence[int | Sized],
+        batch_size: int | Sequence[int] = 32,
+        *,
+        tilt: float = 0.5,
+        **options: Unpack[SamplingOptions],
+    ) -> None:
+        self.tilt = tilt
+        super().__init__(sizes, batch_size, **options)
+
+    def probabilities(self, epoch: int = 0) -> list[float]:
+        w = [1.0 + self.tilt * i for i in range(self.num_tasks)]
+        return [x / sum(w) for x in w]
+
+
+def _signature(cls: type) -> list[tuple[str, str, object]]:
+    return [(p.name, p.kind.name, p.default) for p in inspect.signature(cls).parameters.values()]
+
+
+SHARED = [
+    ("mode", "KEYWORD_ONLY", "one"),
+    ("total_batch_size", "KEYWORD_ONLY", None),
+    ("min_per_task", "KEYWORD_ONLY", 1),
+    ("epoch", "KEYWORD_ONLY", "sum"),
+    ("seed", "KEYWORD_ONLY", 0),
+]
+POSITIONAL = [
+    ("sizes", "POSITIONAL_OR_KEYWORD", inspect.Parameter.empty),
+    ("batch_size", "POSITIONAL_OR_KEYWORD", 32),
+]
+
+
+def test_sampling_rules_keep_their_constructor_signatures() -> None:
+    # As written out before the options were shared (the pre-split signatures).
+    assert _signature(Temperature) == [
+        *POSITIONAL,
+        ("temperature", "KEYWORD_ONLY", 2.0),
+        ("cap", "KEYWORD_ONLY", None),
+        *SHARED,
+    ]
+    assert _signature(Annealed) == [
+        *POSITIONAL,
+        ("num_epochs", "KEYWORD_ONLY", inspect.Parameter.empty),
+        ("final_alpha", "KEYWORD_ONLY", 0.2),
+        *SHARED,
+    ]
+    assert _signature(SamplingScheduler) == _signature(Proportional) == [*POSITIONAL, *SHARED]
+    assert set(SamplingOptions.__annotations__) == {name for name, _, _ in SHARED}
+    # A user's rule that forwards **options gets the merged signature too.
+    assert _signature(Tilted) == [*POSITIONAL, ("tilt", "KEYWORD_ONLY", 0.5), *SHARED]
+    assert _signature(EveryOther) == [
+        ("sizes", "POSITIONAL_OR_KEYWORD", inspect.Parameter.empty),
+        ("batch_size", "POSITIONAL_OR_KEYWORD", 4),
+    ]
+
+
+def test_forwarded_options_reach_the_registry() -> None:
+    SCHEDULERS.register("tilted-test")(Tilted)
+    try:
+        sched = get_scheduler("tilted-test", context=RUN, tilt=1.0)
+        assert isinstance(sched, Tilted) and sched.tilt == 1.0
+        assert sched.mode == "all" and len(sched) == 140 and sched.total_batch_size == 56
+        with pytest.raises(TypeError, match="tilt"):
+            get_scheduler("tilted-test", context=RUN, tlit=1.0)
+    finally:
+        del SCHEDULERS._classes["tilted-test"]
+
+
+# ----------------------------------------------------------------------------- old checkpoints
+
+
+def _generator_state(seed: int) -> torch.Tensor:
+    return torch.Generator().manual_seed(seed).get_state()
+
+
+def _old_checkpoint(name: str) -> dict[str, Any]:
+    """A loader checkpoint in the format written before the package split."""
+    scheduler: dict[str, Any] = {
+        "type": type(FACTORIES[name]()).__name__,
+        "num_tasks": 3,
+        "step": 17,
+        "generator": _generator_state(123),
+    }
+    if name == "dynamic":
+        scheduler["values"] = [0.25, None, -0.5]
+        scheduler["prev_losses"] = [1.5, 2.0, None]
+    streams = [
+        {"size": n, "shuffle": True, "passes": p, "position": i, "pass_state": _generator_state(s)}
+        for n, p, i, s in [(13, 2, 4, 40), (29, 0, 11, 41), (7, 5, 6, 42)]
+    ]
+    return {"scheduler": scheduler, "streams": streams}
+
+
+# The next four steps after loading _old_checkpoint(name), as the pre-split code drew them.
+OLD_CODE_BATCHES: dict[str, list[dict[int, list[int]]]] = {
+    "round_robin_one": [{2: [2, 5]}, {0: [7, 5, 8]}, {1: [18, 1, 21, 27]}, {2: [3, 2]}],
+    "round_robin_all": [
+        {0: [7, 5, 8], 1: [18, 1, 21, 27], 2: [2, 5]},
+        {0: [0, 9, 1], 1: [3, 16, 0, 10], 2: [3, 2]},
+        {0: [6, 4, 11], 1: [19, 12, 26, 17], 2: [4, 0]},
+        {0: [1, 7, 11], 1: [28, 13, 25, 23], 2: [1, 6]},
+    ],
+    "proportional": [{1: [18, 1, 21, 27]}, {0: [7, 5, 8]}, {1: [3, 16, 0, 10]}, {0: [0, 9, 1]}],
+    "temperature_all": [
+        {0: [7, 5, 8], 1: [18, 1, 21, 27, 3], 2: [2]},
+        {0: [0, 9, 1], 1: [16, 0, 10], 2: [5, 3, 2]},
+        {0: [6, 4, 11, 1], 1: [19, 12, 26, 17], 2: [4]},
+        {0: [7, 11, 6], 1: [28, 13, 25, 23, 15], 2: [0]},
+    ],
+    "annealed": [{1: [18, 1, 21, 27]}, {0: [7, 5, 8]}, {1: [3, 16, 0, 10]}, {0: [0, 9, 1]}],
+    "dynamic": [
+        {0: [7], 1: [18], 2: [2, 5, 3, 2, 4, 0, 1, 6]},
+        {0: [5], 1: [1], 2: [6, 1, 3, 2, 0, 4, 5, 2]},
+        {0: [8], 1: [21], 2: [5, 6, 3, 1, 0, 4, 3, 2]},
+        {0: [0], 1: [27], 2: [0, 4, 5, 6, 1, 2, 1, 0]},
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_pre_split_checkpoint_loads_and_continues_identically(name: str) -> None:
+    loader = loader_of(SIZES, FACTORIES[name](), seed=9)
+    old = _old_checkpoint(name)
+    # The format is unchanged: what the loader writes has the keys the old code wrote.
+    state = loader.state_dict()
+    assert state.keys() == old.keys()
+    assert state["scheduler"].keys() == old["scheduler"].keys()
+    assert [s.keys() for s in state["streams"]] == [s.keys() for s in old["streams"]]
+    loader.load_state_dict(old)
+    assert loader.scheduler.step == 17
+    assert [as_lists(loader.next_step()) for _ in range(4)] == OLD_CODE_BATCHES[name]
