@@ -7,12 +7,22 @@ Three kinds of interchangeable parts and a thin engine that joins them to any lo
   -> the strategy's update in ``.grad``;
 * task schedulers (:mod:`mtlkit.schedulers`): which task batches each step sees;
 * pairwise and triplet losses (:mod:`mtlkit.losses`);
-* data-parallel helpers (:mod:`mtlkit.distributed`).
+* data-parallel helpers (:mod:`mtlkit.distributed`);
+* telemetry (:mod:`mtlkit.diagnostics`): norms, cosines, conflicts and weights of a step.
+
+Every extension point has one registry convention: ``register(name)``,
+``get_*(name, context=Context(...), **options)`` and ``list_*()`` for strategies,
+schedulers and losses, with names normalised on both sides (``"my_method"`` is
+``"my-method"``).
 """
 
-from mtlkit import distributed, losses, schedulers
+from mtlkit import diagnostics, distributed, losses, schedulers
+from mtlkit._guard import NonFiniteError
 from mtlkit._registry import Context, normalize_name
+from mtlkit.diagnostics import GradientStats
 from mtlkit.gradients import SharedFeatures, TaskGradients, backward
+from mtlkit.losses import get_loss, list_losses
+from mtlkit.schedulers import get_scheduler, list_schedulers
 from mtlkit.strategies import (
     DWA,
     FAMO,
@@ -24,14 +34,12 @@ from mtlkit.strategies import (
     ConFIG,
     DualProj,
     GradDrop,
-    GradientStats,
     GradNorm,
     GradVac,
     GramianStrategy,
     LossWeighting,
     Mean,
     NashMTL,
-    NonFiniteError,
     PCGrad,
     Strategy,
     Sum,
@@ -45,8 +53,8 @@ from mtlkit.strategies import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Context",
     "AlignedMTL",
+    "Context",
     "CAGrad",
     "ConFIG",
     "DWA",
@@ -73,8 +81,13 @@ __all__ = [
     "UncertaintyWeighting",
     "Weighted",
     "backward",
+    "diagnostics",
     "distributed",
+    "get_loss",
+    "get_scheduler",
     "get_strategy",
+    "list_losses",
+    "list_schedulers",
     "list_strategies",
     "losses",
     "normalize_name",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,23 @@ DOC_BLOCKS = [
 ]
 
 
+@pytest.fixture
+def restored_registries() -> Iterator[None]:
+    """Parts a doc example registers are gone after it (other tests list the registries)."""
+    from mtlkit.losses import LOSSES
+    from mtlkit.schedulers import SCHEDULERS
+    from mtlkit.strategies import STRATEGIES
+
+    saved = [(r, dict(r._classes), dict(r._aliases)) for r in (STRATEGIES, SCHEDULERS, LOSSES)]
+    yield
+    for registry, classes, aliases in saved:
+        registry._classes.clear()
+        registry._classes.update(classes)
+        registry._aliases.clear()
+        registry._aliases.update(aliases)
+
+
+@pytest.mark.usefixtures("restored_registries")
 @pytest.mark.parametrize("code", DOC_BLOCKS)
 def test_doc_example_runs(code: str) -> None:
     torch.manual_seed(0)

@@ -551,7 +551,7 @@ class EveryOther(TaskScheduler):
         self.order = list(range(0, self.num_tasks, 2)) + list(range(1, self.num_tasks, 2))
         self.steps_per_epoch = self.num_tasks
 
-    def _plan(self) -> dict[int, int]:
+    def plan(self) -> dict[int, int]:
         task = self.order[self._step % self.num_tasks]
         return {task: self.batch_sizes[task]}
 

@@ -135,7 +135,7 @@ class TaskScheduler(ABC):
 
     :meth:`next_step` returns the next plan (the schedule itself is endless);
     ``iter(scheduler)`` yields the plans left in the current epoch. Subclasses implement
-    :meth:`_plan`, and extend :meth:`state_dict` / :meth:`load_state_dict` when they hold
+    :meth:`plan`, and extend :meth:`state_dict` / :meth:`load_state_dict` when they hold
     more state than the step counter and the generator.
 
     A subclass whose ``__init__`` takes only its own arguments plus ``**options`` that it
@@ -163,8 +163,18 @@ class TaskScheduler(ABC):
         self._step = 0
 
     @abstractmethod
-    def _plan(self) -> Plan:
-        """Return the plan of step ``self.step`` (called once per step, in order)."""
+    def plan(self) -> Plan:
+        """Return the plan of step ``self.step``: ``{task: examples}``.
+
+        The extension point of a new scheduler. :meth:`next_step` calls it once per step,
+        in order, then advances :attr:`step`; draw any randomness from :attr:`generator`
+        so that :meth:`state_dict` captures it.
+        """
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The scheduler's own seeded generator (its state is in :meth:`state_dict`)."""
+        return self._generator
 
     @property
     def step(self) -> int:
@@ -178,7 +188,7 @@ class TaskScheduler(ABC):
 
     def next_step(self) -> Plan:
         """Plan the next step and advance the step counter."""
-        plan = self._plan()
+        plan = self.plan()
         self._step += 1
         return plan
 

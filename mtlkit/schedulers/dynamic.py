@@ -216,7 +216,7 @@ class DynamicBatchAllocation(TaskScheduler):
         """Current per-task examples per step (sums to ``total_batch_size``)."""
         return list(self._allocation)
 
-    def _plan(self) -> Plan:
+    def plan(self) -> Plan:
         return {i: c for i, c in enumerate(self._allocation) if c > 0}
 
     def state_dict(self) -> dict[str, Any]:

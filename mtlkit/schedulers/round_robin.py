@@ -59,7 +59,7 @@ class RoundRobin(TaskScheduler):
             fixed = per_task * (self.num_tasks if self.mode == "one" else 1)
         self.steps_per_epoch = fixed
 
-    def _plan(self) -> Plan:
+    def plan(self) -> Plan:
         if self.mode == "all":
             return dict(enumerate(self.batch_sizes))
         task = self._step % self.num_tasks

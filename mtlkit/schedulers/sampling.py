@@ -125,7 +125,7 @@ class SamplingScheduler(TaskScheduler):
             self._cache = (epoch, cum, torch.tensor(p, dtype=torch.float64))
         return self._cache[1], self._cache[2]
 
-    def _plan(self) -> Plan:
+    def plan(self) -> Plan:
         cum, p = self._probs()
         k = self.num_tasks
         if self.mode == "one":
