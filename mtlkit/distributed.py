@@ -29,14 +29,27 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["all_reduce_gradients", "broadcast_parameters", "mean_over_ranks"]
+__all__ = [
+    "all_reduce_gradients",
+    "broadcast_parameters",
+    "is_active",
+    "is_sharded",
+    "mean_over_ranks",
+    "sum_gramian_over_ranks",
+    "sum_in_rank_order",
+]
 
 #: The engine's data-parallel hook: averages tensors in place over the ranks.
 Reduction = Callable[..., None]
 
 
-def _active(group: Any) -> bool:
+def is_active(group: Any = None) -> bool:
+    """Whether ``group`` (default: the default group) is initialised with more than one
+    rank."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+_active = is_active
 
 
 def mean_over_ranks(process_group: Any | bool | None) -> Reduction | None:
@@ -61,6 +74,54 @@ def mean_over_ranks(process_group: Any | bool | None) -> Reduction | None:
             t.div_(world)
 
     return reduce
+
+
+def is_sharded(t: Tensor) -> bool:
+    """Whether ``t`` is a sharded parameter (a ``DTensor``, as FSDP2's ``fully_shard``
+    makes them): each rank then holds only its shard (``t.to_local()``)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without DTensor
+        return False
+    return isinstance(t, DTensor)
+
+
+def sum_gramian_over_ranks(
+    gram: Tensor, losses: Tensor, group: Any = None, *, gram_scale: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """The global Gramian and losses of a J whose columns are split over the ranks.
+
+    Each rank passes the Gramian of its own columns of J (K x K, float64) and its losses
+    (K,). One all-gather of the K² + K numbers of every rank, summed in rank order on each
+    rank, returns ``gram_scale * Σ_ranks gram`` and the mean of the losses over the ranks,
+    **bit-identical on every rank** (an all-reduce may round differently on different
+    ranks, and the strategies' weights and states must not drift apart). A NaN or inf on
+    any rank reaches every rank. Without an initialised group with more than one rank, the
+    inputs come back (scaled).
+    """
+    k = gram.shape[0]
+    if not _active(group):
+        return gram * gram_scale, losses
+    world = dist.get_world_size(group)
+    total = sum_in_rank_order(torch.cat([gram.reshape(-1), losses.to(gram)]), group)
+    return total[: k * k].view(k, k) * gram_scale, total[k * k :] / world
+
+
+def sum_in_rank_order(t: Tensor, group: Any = None) -> Tensor:
+    """The sum of ``t`` over the ranks, added in rank order on every rank (one all-gather).
+
+    Unlike an all-reduce, the result is bit-identical on every rank: meant for the few
+    numbers (K x K Gramians, K losses) from which every rank must derive the same
+    weights and strategy state.
+    """
+    if not _active(group):
+        return t.clone()
+    gathered = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, t.contiguous(), group=group)
+    total = gathered[0].clone()
+    for part in gathered[1:]:
+        total += part
+    return total
 
 
 def broadcast_parameters(module: nn.Module, src: int = 0, group: Any = None) -> None:

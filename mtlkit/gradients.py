@@ -33,12 +33,14 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from mtlkit import distributed
 from mtlkit._guard import NonFiniteError, NonFiniteGuard, NonFinitePolicy, all_finite
+from mtlkit._linalg import gramian
 from mtlkit.diagnostics import GradientStats
-from mtlkit.strategies.base import LossWeighting, Strategy
+from mtlkit.strategies.base import GramianStrategy, LossWeighting, Strategy
 
 __all__ = ["SharedFeatures", "TaskGradients", "backward"]
 
@@ -97,6 +99,14 @@ class TaskGradients:
         process_group: Any | bool | None = None,
     ) -> None:
         params = _check_shared(shared_params)
+        #: FSDP2-sharded parameters (DTensors): J holds this rank's columns only.
+        self.sharded = distributed.is_sharded(params[0])
+        if self.sharded and not isinstance(strategy, (GramianStrategy, LossWeighting)):
+            raise ValueError(
+                f"{type(strategy).__name__} needs every coordinate of the per-task gradients "
+                "(it is not a function of the Gramian), which sharded parameters split across "
+                "ranks: use a Gramian strategy or a loss weighting with FSDP"
+            )
         if num_tasks is not None and num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         if not isinstance(strategy, Strategy):
@@ -105,11 +115,22 @@ class TaskGradients:
         self.strategy = strategy
         self.guard = NonFiniteGuard(nonfinite, scaler)
         self.process_group = process_group
-        self._reduce = distributed.mean_over_ranks(process_group)
         self.num_tasks = num_tasks
-        self.numel = sum(p.numel() for p in params)
-        self.device = params[0].device
-        self.dtype = params[0].dtype
+        self._locals = [_local(p) for p in params]
+        self.numel = sum(t.numel() for t in self._locals)
+        self.device = self._locals[0].device
+        self.dtype = self._locals[0].dtype
+        # How the step becomes global over data-parallel ranks (one of the two, or none):
+        # ``_reduce`` averages J (DDP: every rank holds whole gradients); ``_split`` sums
+        # the per-rank Gramians of a J whose columns are split over the ranks (FSDP2:
+        # each rank holds its shard), with the scale that makes it the global Gramian.
+        self._reduce: distributed.Reduction | None = None
+        self._split: tuple[Any, float] | None = None
+        if self.sharded:
+            group = _mesh_group(params[0]) if process_group in (None, True) else process_group
+            self._split = (group, 1.0)  # FSDP's reduce-scatter already averaged the rows
+        else:
+            self._reduce = distributed.mean_over_ranks(process_group)
         self.step_count = 0
         self._jac: Tensor | None = None
         self._row_views: list[list[Tensor]] = []
@@ -147,8 +168,8 @@ class TaskGradients:
 
     def _views_of(self, flat: Tensor) -> list[Tensor]:
         """Views of a flat (P,) buffer shaped like each shared parameter."""
-        chunks = torch.split(flat, [p.numel() for p in self.params])
-        return [c.view_as(p) for c, p in zip(chunks, self.params, strict=True)]
+        chunks = torch.split(flat, [t.numel() for t in self._locals])
+        return [c.view_as(t) for c, t in zip(chunks, self._locals, strict=True)]
 
     def _num_tasks_for(self, task: int) -> int:
         if self.num_tasks is None:
@@ -167,19 +188,27 @@ class TaskGradients:
 
     @contextmanager
     def _grads_into(self, views: list[Tensor]) -> Iterator[None]:
-        """Point the shared parameters' ``.grad`` at ``views`` while autograd accumulates.
+        """Send the shared parameters' gradients of one backward into ``views``.
 
         Autograd adds into an existing ``.grad`` in place (first-order backward), so the
-        gradients land in ``views`` with no copy. The user's ``.grad`` are put back after.
+        gradients land in ``views`` with no copy. Sharded parameters get their gradient
+        from FSDP's reduce-scatter instead: their ``.grad`` is cleared before and its local
+        shard copied into ``views`` after. The user's ``.grad`` are put back after.
         """
         saved = [p.grad for p in self.params]
         try:
             for p, view in zip(self.params, views, strict=True):
-                p.grad = view
+                p.grad = None if self.sharded else view
             yield
             for p, view in zip(self.params, views, strict=True):
-                if p.grad is not None and p.grad is not view:  # replaced (create_graph)
-                    view.copy_(p.grad)
+                grad = p.grad
+                if grad is None:
+                    if self.sharded:  # no task reached this parameter
+                        view.zero_()
+                elif self.sharded:
+                    view.copy_(_local(grad))
+                elif grad is not view:  # replaced (create_graph)
+                    view.copy_(grad)
         finally:
             for p, old in zip(self.params, saved, strict=True):
                 p.grad = old
@@ -224,7 +253,7 @@ class TaskGradients:
             self._losses = dict(enumerate(items))
             return
         jac = self._ensure_buffer(k)
-        if mode == "batched" and k > 1:
+        if mode == "batched" and k > 1 and not self.sharded:  # sharded: the loop
             try:
                 self._batched_backward(items, jac)
             except RuntimeError as err:
@@ -324,10 +353,22 @@ class TaskGradients:
             jac.mul_(scale.reciprocal().to(jac.dtype))
             losses = losses / scale.to(torch.float64)
         try:
-            update = self.strategy.combine(jac, losses)
+            if self._split is None:
+                update = self.strategy.combine(jac, losses)
+            else:  # this rank's columns of J; the weights from the global Gramian
+                update = self._combine_split(jac, losses)
         except NonFiniteError as err:
             return self._reject(str(err))
-        if self.strategy.check_finite and not all_finite(update):
+        if self._split is not None:
+            # Ranks must agree without more communication: J and the losses were finite on
+            # every rank (the summed Gramian says so), so check the weights, which are
+            # identical on every rank. (An overflow of the weighted sum itself is left to
+            # the optimizer's or the scaler's own checks in this mode.)
+            stats = self.strategy.last_stats
+            finite = stats is None or all_finite(stats.weights)
+        else:
+            finite = all_finite(update)
+        if self.strategy.check_finite and not finite:
             return self._reject(
                 f"the combined update of {type(self.strategy).__name__} is not finite "
                 "(finite task gradients overflowed in the combination)"
@@ -337,16 +378,32 @@ class TaskGradients:
         self._add_into_grad(update)
         return True
 
+    def _combine_split(self, jac: Tensor, losses: Tensor) -> Tensor:
+        """A Gramian strategy on this rank's columns of J, with the global Gramian."""
+        assert self._split is not None and isinstance(self.strategy, GramianStrategy)
+        group, gram_scale = self._split
+        gram, losses = distributed.sum_gramian_over_ranks(
+            gramian(jac), losses, group, gram_scale=gram_scale
+        )
+        return self.strategy.combine_gramian(jac, gram, losses)
+
     def _write_weighted_loss(self, strategy: LossWeighting, losses: Tensor) -> bool:
         """Loss weighting: one backward of the weighted loss -> ``.grad``; the strategy's
         state moves (:meth:`LossWeighting.accept`) only once the update is written."""
         scale = self.guard.scale(self.device)
         if scale is not None:  # the losses were scaled: weigh the true ones
             losses = losses / scale.to(losses.dtype)
-        if self._reduce is not None:  # weigh the global losses: same weights on every rank
+        total: Tensor | None = None
+        if self._split is not None:  # bit-identical on every rank (state must not drift)
+            group = self._split[0]
+            total = distributed.sum_in_rank_order(losses.detach(), group)
+            total /= dist.get_world_size(group) if distributed.is_active(group) else 1
+        elif self._reduce is not None:
             total = losses.detach().clone()
             self._reduce(total)
-            losses = losses + (total - losses.detach())  # global values, local gradients
+        if total is not None:  # weigh the global losses: same weights on every rank
+            # global values exactly (x - x is exactly 0), gradients through the local losses
+            losses = total + (losses - losses.detach())
         values = losses.detach()
         if not all_finite(values):
             bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
@@ -374,10 +431,10 @@ class TaskGradients:
     def _add_into_grad(self, update: Tensor) -> None:
         existing, additions = [], []
         for p, view in zip(self.params, self._views_of(update), strict=True):
-            if p.grad is None:
-                p.grad = view  # ``update`` is fresh each step: safe to alias
+            if p.grad is None:  # ``update`` is fresh each step: safe to alias
+                p.grad = _sharded_like(p, view) if self.sharded else view
             else:
-                existing.append(p.grad)
+                existing.append(_local(p.grad))
                 additions.append(view)
         if existing:
             torch._foreach_add_(existing, additions)
@@ -443,17 +500,70 @@ class SharedFeatures:
         strategy: Strategy,
         *,
         nonfinite: NonFinitePolicy = "raise",
+        process_group: Any | bool | None = None,
     ) -> bool:
         """Combine the per-task feature gradients and backpropagate through the encoder.
 
         Returns ``False`` (nothing written to the encoder) when ``nonfinite="skip"``
         skipped the step.
+
+        With data parallelism (DDP-style or FSDP2), pass ``process_group`` (``True``: the
+        default group): each rank's features are its own columns of the global feature
+        Jacobian, so the weights come from the sum of the ranks' feature Gramians (one
+        all-reduce of K² + K numbers) and the losses' mean, the same on every rank, as
+        one process on the concatenated batch would choose them; the encoder's gradients
+        are then averaged over the ranks as usual (FSDP's reduce-scatter, or
+        :func:`mtlkit.distributed.all_reduce_gradients`).
         """
-        ok = backward(losses, [self.value], strategy, nonfinite=nonfinite)
+        engine = TaskGradients([self.value], strategy, nonfinite=nonfinite)
+        if process_group is not None and process_group is not False:
+            if not isinstance(strategy, (GramianStrategy, LossWeighting)):
+                raise ValueError(
+                    f"{type(strategy).__name__} is not a function of the Gramian: it cannot "
+                    "combine features split over ranks"
+                )
+            group: Any = None if process_group is True else process_group
+            world = dist.get_world_size(group) if distributed.is_active(group) else 1
+            # one process on the concatenated batch: every rank's rows scaled by 1/world
+            engine._split = (group, 1.0 / world**2)
+        engine.backward_all(losses)
+        ok = engine.write_grad()
         if ok and self.value.grad is not None:
             torch.autograd.backward(self.features, self.value.grad)
         return ok
 
+
+def _local(t: Tensor) -> Tensor:
+    """This rank's part of ``t``: the local shard of a sharded tensor, else ``t``."""
+    if distributed.is_sharded(t):
+        with torch.no_grad():
+            return t.to_local()  # type: ignore[attr-defined, no-any-return]
+    return t
+
+
+def _sharded_like(param: Tensor, local: Tensor) -> Tensor:
+    """A gradient for sharded ``param`` whose local shard is ``local`` (no copy)."""
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(
+        local,
+        param.device_mesh,  # type: ignore[attr-defined]
+        param.placements,  # type: ignore[attr-defined]
+        shape=param.shape,
+        stride=param.stride(),
+        run_check=False,
+    )
+
+
+def _mesh_group(param: Tensor) -> Any:
+    """The process group of a sharded parameter's (one-dimensional) device mesh."""
+    mesh = param.device_mesh  # type: ignore[attr-defined]
+    if mesh.ndim != 1:
+        raise ValueError(
+            f"sharded parameters on a {mesh.ndim}-D device mesh (HSDP) are not supported; "
+            "shard over one mesh dimension (fully_shard with a 1-D mesh)"
+        )
+    return mesh.get_group()
 
 
 def _check_shared(shared_params: Iterable[Tensor]) -> list[Tensor]:
@@ -485,6 +595,11 @@ def _check_shared(shared_params: Iterable[Tensor]) -> list[Tensor]:
         seen.add(id(p))
     devices = {p.device for p in params}
     dtypes = {p.dtype for p in params}
+    if len({distributed.is_sharded(p) for p in params}) > 1:
+        raise ValueError(
+            "shared parameters must be all sharded (FSDP2) or all whole: shard the whole "
+            "shared module with fully_shard, or none of it"
+        )
     if len(devices) > 1 or len(dtypes) > 1:
         raise ValueError(
             f"shared parameters must share one device and dtype, got {devices} / {dtypes}"

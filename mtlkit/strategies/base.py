@@ -121,7 +121,24 @@ class GramianStrategy(Strategy):
         self, matrix: Tensor, losses: Tensor | None = None, *, out: Tensor | None = None
     ) -> Tensor:
         _check_inputs(matrix, losses)
-        g, host_losses = _to_host(gramian(matrix), losses)
+        return self.combine_gramian(matrix, gramian(matrix), losses, out=out)
+
+    def combine_gramian(
+        self,
+        matrix: Tensor,
+        gram: Tensor,
+        losses: Tensor | None = None,
+        *,
+        out: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`combine` with the Gramian given: ``wᵀ matrix`` with ``w`` from ``gram``.
+
+        For a J whose columns are split across processes (sharded parameters), each
+        process passes its own columns as ``matrix`` and the *global* ``gram`` (the sum of
+        the per-shard Gramians): the weights are the same on every process and each gets
+        its slice of the update.
+        """
+        g, host_losses = _to_host(gram, losses)
         if self.check_finite:
             check_finite(g, host_losses)
         w = self.weights(g, host_losses)

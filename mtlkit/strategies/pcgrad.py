@@ -89,10 +89,15 @@ class PCGrad(GramianStrategy):
             coef[rows, j] -= factor
         return coef.sum(dim=0)
 
-    def combine(
-        self, matrix: Tensor, losses: Tensor | None = None, *, out: Tensor | None = None
+    def combine_gramian(
+        self,
+        matrix: Tensor,
+        gram: Tensor,
+        losses: Tensor | None = None,
+        *,
+        out: Tensor | None = None,
     ) -> Tensor:
-        update = super().combine(matrix, losses, out=out)
+        update = super().combine_gramian(matrix, gram, losses, out=out)
         if self.reduction == "mean":  # divide the output, so "mean" is exactly "sum" / K
             k = matrix.shape[0]
             update.div_(k)

@@ -1,0 +1,297 @@
+"""Sharded scale-out: FSDP2 (``fully_shard``) with 2 and 4 gloo processes on the CPU equals
+one process on the concatenated batches.
+
+Each rank keeps only its shard of the shared trunk's parameters, so its J is K x (local
+shard size); the Gramian is the sum of the ranks' local Gramians (one all-reduce of
+K² + K numbers, the losses packed in), every rank derives the same weights from it and
+writes its shard of the update into its sharded ``.grad``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import mtlkit
+from mtlkit import TaskGradients
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with the gloo backend is not available",
+)
+
+BATCH = 8  # per task and step, over all ranks
+STEPS = 6
+K = 3
+#: Strategy name -> constructor options. DWA weights the losses (one backward of the
+#: weighted loss, FSDP's own reduce-scatter); the others combine the rows of J.
+CASES: dict[str, dict[str, Any]] = {
+    "pcgrad": {"seed": 3},
+    "gradnorm": {"alpha": 1.0, "lr": 0.1},
+    "mgda": {},
+    "upgrad": {},
+    "cagrad": {},
+    "nash-mtl": {},
+    "dwa": {},
+}
+
+
+class Net(nn.Module):
+    """Shared trunk, one head per task (task 0: 3-class classification, others regression)."""
+
+    def __init__(self, d: int = 5, h: int = 7) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh())
+        self.heads = nn.ModuleList([nn.Linear(h, 3), nn.Linear(h, 1), nn.Linear(h, 1)])
+
+    def task_loss(self, task: int, x: Tensor, y: Tensor) -> Tensor:
+        out = self.heads[task](self.trunk(x))
+        if task == 0:
+            return F.cross_entropy(out, y.long())
+        return F.mse_loss(out.squeeze(-1), y)
+
+    def features_loss(self, task: int, z: Tensor, y: Tensor) -> Tensor:
+        out = self.heads[task](z)
+        if task == 0:
+            return F.cross_entropy(out, y.long())
+        return F.mse_loss(out.squeeze(-1), y)
+
+
+def task_batch(step: int, task: int) -> tuple[Tensor, Tensor]:
+    """The whole (all ranks) batch of ``task`` at ``step``, the same in every process."""
+    g = torch.Generator().manual_seed(1000 * step + task)
+    x = torch.randn(BATCH, 5, generator=g)
+    if task == 0:
+        y = torch.randint(0, 3, (BATCH,), generator=g).float()
+    else:
+        y = x[:, task] * (task + 1) - x[:, 0] + 0.1 * torch.randn(BATCH, generator=g)
+    return x, y
+
+
+def full(p: Tensor) -> Tensor:
+    """The whole parameter (gathered from the shards when sharded)."""
+    full_tensor = getattr(p, "full_tensor", None)
+    return (full_tensor() if full_tensor is not None else p).detach().clone()
+
+
+def train(name: str, rank: int = 0, world: int = 1, *, style: str = "per-task") -> dict[str, Any]:
+    """6 steps on this rank's share of each batch; parameters, weights, state, counts."""
+    torch.manual_seed(0)
+    model = Net()
+    if world > 1:
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model.trunk)
+        for head in model.heads:  # each called on its own, outside the trunk's forward
+            fully_shard(head)
+    strategy = mtlkit.get_strategy(name, context=mtlkit.Context(num_tasks=K), **CASES[name])
+    engine = TaskGradients(model.trunk.parameters(), strategy, num_tasks=K)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    share = BATCH // world
+    lo, hi = rank * share, (rank + 1) * share
+    weights, reductions = [], []
+    for step in range(STEPS):
+        optimizer.zero_grad(set_to_none=True)
+        calls: list[int] = []
+        real = dist.all_reduce, dist.all_gather
+        dist.all_reduce = _counting(real[0], calls)  # type: ignore[assignment]
+        dist.all_gather = _counting(real[1], calls, gathered=True)  # type: ignore[assignment]
+        try:
+            batches = [task_batch(step, t) for t in range(K)]
+            if style == "per-task":
+                for t, (x, y) in enumerate(batches):
+                    engine.backward(t, model.task_loss(t, x[lo:hi], y[lo:hi]))
+                ok = engine.write_grad()
+            elif style == "one-graph":  # one forward of the trunk for all tasks
+                x = torch.cat([b[0][lo:hi] for b in batches])
+                z = model.trunk(x)
+                n = hi - lo
+                losses = [
+                    model.features_loss(t, z[t * n : (t + 1) * n], batches[t][1][lo:hi])
+                    for t in range(K)
+                ]
+                engine.backward_all(losses)
+                ok = engine.write_grad()
+            else:  # representation level: SharedFeatures with the global feature Gramian
+                x = torch.cat([b[0][lo:hi] for b in batches])
+                feats = mtlkit.SharedFeatures(model.trunk(x))
+                n = hi - lo
+                losses = [
+                    model.features_loss(t, feats.value[t * n : (t + 1) * n], batches[t][1][lo:hi])
+                    for t in range(K)
+                ]
+                ok = feats.backward(losses, strategy, process_group=True if world > 1 else None)
+        finally:
+            dist.all_reduce, dist.all_gather = real  # type: ignore[assignment]
+        assert ok
+        optimizer.step()
+        reductions.append(calls)
+        stats = strategy.last_stats
+        weights.append(None if stats is None else stats.weights.clone())
+    return {
+        "params": {n: full(p) for n, p in model.named_parameters()},
+        "weights": weights,
+        "strategy": strategy.state_dict(),
+        "reductions": reductions,
+        "jacobian": None if engine.jacobian is None else tuple(engine.jacobian.shape),
+        "local_numel": sum(_local_numel(p) for p in model.trunk.parameters()),
+    }
+
+
+def _local_numel(p: Tensor) -> int:
+    to_local = getattr(p, "to_local", None)
+    return int((to_local() if to_local is not None else p).numel())
+
+
+def _counting(real: Any, calls: list[int], gathered: bool = False) -> Any:
+    """A collective that records the numbers each rank sends (``all_gather``: its input,
+    the second argument)."""
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[1 if gathered else 0].numel())
+        return real(*args, **kwargs)
+
+    return counted
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux") and "GLOO_SOCKET_IFNAME" not in os.environ:
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=120),
+    )
+    try:
+        results: dict[str, Any] = {name: train(name, rank, world) for name in CASES}
+        for style in ("one-graph", "features"):
+            for name in ("pcgrad", "nash-mtl"):
+                results[f"{name}/{style}"] = train(name, rank, world, style=style)
+        results["nonfinite"] = _nonfinite_on_one_rank(rank, world)
+        results["graddrop"] = _graddrop_refused(world)
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _nonfinite_on_one_rank(rank: int, world: int) -> bool:
+    """A NaN loss on the last rank only: every rank skips the step."""
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = Net()
+    fully_shard(model.trunk)
+    engine = TaskGradients(model.trunk.parameters(), mtlkit.PCGrad(), num_tasks=K, nonfinite="skip")
+    for t in range(K):
+        x, y = task_batch(0, t)
+        loss = model.task_loss(t, x, y)
+        if rank == world - 1 and t == 1:
+            loss = loss * float("nan")
+        engine.backward(t, loss)
+    return engine.write_grad()
+
+
+def _graddrop_refused(world: int) -> str:
+    from torch.distributed.fsdp import fully_shard
+
+    model = Net()
+    fully_shard(model.trunk)
+    try:
+        TaskGradients(model.trunk.parameters(), mtlkit.GradDrop(), num_tasks=K)
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
+def _run(world: int, out: Path) -> list[dict[str, Any]]:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
+@pytest.fixture(scope="module", params=[2, 4])
+def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    world = int(request.param)
+    return world, _run(world, tmp_path_factory.mktemp(f"fsdp{world}"))
+
+
+KEYS = [*CASES, *(f"{n}/{s}" for s in ("one-graph", "features") for n in ("pcgrad", "nash-mtl"))]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_fsdp_equals_one_process(ranks: Any, key: str) -> None:
+    world, results = ranks
+    name, _, style = key.partition("/")
+    single = train(name, style=style or "per-task")
+    diffs = []
+    for r in results:
+        for n, p in single["params"].items():
+            diffs.append(float((r[key]["params"][n] - p).abs().max()))
+    print(f"{key}, {world} ranks: max |FSDP - one process| = {max(diffs):.3g}")
+    assert max(diffs) <= 1e-6
+    start = Net()
+    torch.manual_seed(0)
+    start = Net()
+    moved = max(
+        float((single["params"][n] - p.detach()).abs().max()) for n, p in start.named_parameters()
+    )
+    assert moved > 1e-2  # the comparison is not between two untrained models
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_ranks_choose_identical_weights_and_state(ranks: Any, key: str) -> None:
+    _, results = ranks
+    first = results[0][key]
+    for other in results[1:]:
+        for a, b in zip(first["weights"], other[key]["weights"], strict=True):
+            assert (a is None and b is None) or torch.equal(a, b)
+        for k, v in first["strategy"].items():
+            if isinstance(v, Tensor):
+                assert torch.equal(other[key]["strategy"][k], v), k
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_one_collective_of_k2_numbers_and_a_sharded_jacobian(ranks: Any, name: str) -> None:
+    world, results = ranks
+    for r in results:
+        res = r[name]
+        # beyond FSDP's own reduce-scatters: one collective per step, of this rank's
+        # Gramian and losses (K² + K numbers, all-gathered), or an all-reduce of the K
+        # losses for a loss weighting
+        expected = K if name == "dwa" else K * K + K  # all-gathered
+        assert res["reductions"] == [[expected]] * STEPS
+        if name != "dwa":
+            assert res["jacobian"] == (K, res["local_numel"])
+    total = sum(p.numel() for p in Net().trunk.parameters())
+    assert sum(r["pcgrad"]["local_numel"] for r in results) == total
+    assert max(r["pcgrad"]["local_numel"] for r in results) < total / world + 2 * 7
+
+
+def test_nonfinite_on_one_rank_is_seen_by_all(ranks: Any) -> None:
+    _, results = ranks
+    assert [r["nonfinite"] for r in results] == [False] * len(results)
+
+
+def test_graddrop_refuses_sharded_parameters(ranks: Any) -> None:
+    _, results = ranks
+    assert all("not a function of the Gramian" in r["graddrop"] for r in results)
