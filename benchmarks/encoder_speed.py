@@ -17,21 +17,16 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-try:
-    from examples.minbert.model import BertConfig, BertModel
-    from examples.minbert.weights import load_pretrained
-except ModuleNotFoundError:  # run as a script from a source checkout
-    from pathlib import Path
+# The example is not installed: it is imported from the checkout this script is in.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-    # Another distribution may own a top-level ``examples`` package: prefer the checkout's.
-    sys.modules.pop("examples", None)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from examples.minbert.model import BertConfig, BertModel
-    from examples.minbert.weights import load_pretrained
+from examples.minbert.model import BertConfig, BertModel  # noqa: E402
+from examples.minbert.weights import load_pretrained  # noqa: E402
 
 
 def _batch(batch: int, seq: int, vocab: int, device: torch.device) -> dict[str, Tensor]:

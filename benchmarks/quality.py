@@ -31,8 +31,7 @@ sys.path.insert(0, str(ROOT))
 from _common import machine  # noqa: E402
 
 import mtlkit  # noqa: E402
-from examples.minbert.multitask import TaskOptions  # noqa: E402
-from examples.minbert.train import TrainConfig, Trainer  # noqa: E402
+from examples.minbert.train import TrainConfig, train  # noqa: E402
 
 PAPER_THREE = ("sum", "pcgrad", "gradnorm")
 METRICS = ("sst_acc", "quora_acc", "sts_pearson", "overall")
@@ -54,9 +53,9 @@ FULL: dict[str, Any] = dict(
 )
 
 
-def strategy_options(name: str) -> dict[str, Any]:
+def strategy_options(name: str, num_tasks: int) -> dict[str, Any]:
     if name == "weighted":
-        return {"weights": [1.0, 1.0, 1.0]}
+        return {"weights": [1.0] * num_tasks}
     return {}
 
 
@@ -65,15 +64,14 @@ def run_one(name: str, seed: int, budget: dict[str, Any], device: str, scratch: 
     cfg = TrainConfig(
         out_dir=str(scratch / f"{name}-{seed}"),
         strategy=name,
-        strategy_options=strategy_options(name),
-        tasks=TaskOptions(),  # the main job's task structures and losses
         seed=seed,
         device=device,
         progress=False,
         **budget,
-    )
+    )  # the main job's tasks, structures and losses
+    cfg.strategy_options = strategy_options(name, len(cfg.tasks))
     t0 = time.perf_counter()
-    history = Trainer(cfg).fit()
+    history = train(cfg).history
     wall = time.perf_counter() - t0
     last = history[-1]
     train_seconds = sum(r["seconds"] for r in history)
@@ -210,8 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     header = (
         f"## miniBERT quality matrix ({'quick' if args.quick else 'full'} budget)\n\n"
         f"Command: `python benchmarks/quality.py {' '.join(argv or sys.argv[1:])}`\n\n"
-        f"Machine: {machine()}\n\nBudget: {json.dumps(budget)}; the main job's task "
-        f"options ({TaskOptions()}); AdamW; dev scores after the last step."
+        f"Machine: {machine()}\n\nBudget: {json.dumps(budget)}; the main job's tasks "
+        f"({', '.join(TrainConfig().tasks)}) and their options; AdamW; dev scores after the "
+        "last step."
     )
     text = markdown(rows, header)
     out.with_suffix(".md").write_text(text)

@@ -163,9 +163,10 @@ WEIGHTS: dict[str, object] = {"folder": None, "random": False}
 
 
 def minibert_setup(device: torch.device, batch: int, seed: int = 0):  # type: ignore[no-untyped-def]
-    from examples.minbert.data import Collate, QuoraDataset, SSTDataset, STSDataset
+    from examples.minbert.data import Collate, ExampleDataset, dataset_path
     from examples.minbert.model import BertConfig, BertModel
-    from examples.minbert.multitask import MultitaskBert, TaskOptions
+    from examples.minbert.multitask import MultitaskBert
+    from examples.minbert.tasks import TASKS, make_tasks
     from examples.minbert.tokenizer import BertTokenizer
     from examples.minbert.weights import load_pretrained
 
@@ -177,18 +178,13 @@ def minibert_setup(device: torch.device, batch: int, seed: int = 0):  # type: ig
         encoder = BertModel(BertConfig.from_dict({**cfg.to_dict(), **no_dropout}))
     else:
         encoder, _, _ = load_pretrained(folder, config_overrides=no_dropout)  # type: ignore[arg-type]
-    options = TaskOptions(dropout=0.0)  # the main job's task structures
-    model = MultitaskBert(encoder, options).to(device)
+    tasks = make_tasks(list(TASKS))  # the main job's tasks and structures (no head dropout)
+    model = MultitaskBert(encoder, tasks).to(device)
     tok = BertTokenizer.from_folder(folder)  # type: ignore[arg-type]
-    sets = [
-        SSTDataset.load("train", limit=batch),
-        QuoraDataset.load("train", limit=batch),
-        STSDataset.load("train", limit=batch),
-    ]
-    batches = [
-        Collate(tok, pair_mode=options.pair_mode(t))(ds.examples).to(device)
-        for t, ds in zip(("sst", "quora", "sts"), sets, strict=True)
-    ]
+    batches = []
+    for task in tasks:
+        data = ExampleDataset(task.read(dataset_path(task.name, "train"), limit=batch))
+        batches.append(Collate(tok, pair_mode=task.pair_mode)(data.examples).to(device))
     return model, batches
 
 
@@ -196,7 +192,8 @@ def steps(device: torch.device, batch: int, repeats: int) -> dict:
     model, batches = minibert_setup(device, batch)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every step sees the same model
     shared = model.shared_parameters()
-    engine = TaskGradients(shared, PCGrad(seed=0), num_tasks=3)
+    k = len(batches)
+    engine = TaskGradients(shared, PCGrad(seed=0), num_tasks=k)
 
     def summed() -> None:
         opt.zero_grad(set_to_none=True)
@@ -208,7 +205,7 @@ def steps(device: torch.device, batch: int, repeats: int) -> dict:
         opt.zero_grad(set_to_none=True)
         for t, b in enumerate(batches):
             engine.backward(t, model.task_loss(t, b))
-        engine.combine()
+        engine.write_grad()
         opt.step()
 
     t = timed({"summed loop": summed, "pcgrad loop": pcgrad}, repeats, device)
@@ -227,20 +224,19 @@ def steps(device: torch.device, batch: int, repeats: int) -> dict:
         res["pcgrad extra / (K*P*4)"] = (
             (res["pcgrad peak growth MiB"] - res["summed peak growth MiB"])
             * 2**20
-            / (3 * p_numel * 4)
+            / (k * p_numel * 4)
         )
 
     # one batch and one graph for all tasks: SST sentences feed three heads
-    sst = batches[0]
+    sst = batches[[task.name for task in model.tasks].index("sst")]
+    sst_head = model.heads["sst"].linear
     y_q = (sst.labels % 2).float()
     y_s = sst.labels.float()
 
     def head_losses(z: torch.Tensor) -> list[torch.Tensor]:
         return [
-            torch.nn.functional.cross_entropy(model.sst_head(z), sst.labels),
-            torch.nn.functional.binary_cross_entropy_with_logits(
-                (z @ model.sst_head.weight[0]), y_q
-            ),
+            torch.nn.functional.cross_entropy(sst_head(z), sst.labels),
+            torch.nn.functional.binary_cross_entropy_with_logits((z @ sst_head.weight[0]), y_q),
             torch.nn.functional.mse_loss(z.mean(-1), y_s),
         ]
 
@@ -287,7 +283,7 @@ def _peak_child(kind: str, batch: int, n: int) -> None:
 
     model, batches = minibert_setup(torch.device("cpu"), batch)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    engine = TaskGradients(model.shared_parameters(), PCGrad(seed=0), num_tasks=3)
+    engine = TaskGradients(model.shared_parameters(), PCGrad(seed=0), num_tasks=len(batches))
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current RSS
     base = _vm_hwm()
@@ -300,7 +296,7 @@ def _peak_child(kind: str, batch: int, n: int) -> None:
             else:
                 loss.backward()
         if kind == "pcgrad":
-            engine.combine()
+            engine.write_grad()
         opt.step()
     print(_vm_hwm() - base)
 
@@ -316,15 +312,19 @@ def memory(batch: int) -> dict:
             cwd=ROOT,
         )
         peaks[kind] = int(out.stdout.strip().splitlines()[-1])
+    from examples.minbert.multitask import MultitaskBert
+    from examples.minbert.tasks import TASKS, make_tasks
     from examples.minbert.weights import load_pretrained
 
     enc, _, _ = load_pretrained(None)
-    p = sum(x.numel() for x in enc.parameters())
+    tasks = make_tasks(list(TASKS))
+    k = len(tasks)
+    p = sum(x.numel() for x in MultitaskBert(enc, tasks).shared_parameters())
     res = {
         "summed loop peak growth MiB": peaks["summed"] / 2**20,
         "pcgrad loop peak growth MiB": peaks["pcgrad"] / 2**20,
         "extra MiB": (peaks["pcgrad"] - peaks["summed"]) / 2**20,
-        "budget 1.1*K*P*4 MiB": 1.1 * 3 * p * 4 / 2**20,
+        "budget 1.1*K*P*4 MiB": 1.1 * k * p * 4 / 2**20,
     }
     print(json.dumps(res))
     return res

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import inspect
 import io
 import json
 import math
@@ -89,7 +88,6 @@ from torch import Tensor
 
 import mtlkit
 from mtlkit.strategies import Strategy
-from mtlkit.strategies.base import strategy_class
 
 __all__ = [
     "STARTS",
@@ -208,11 +206,8 @@ def global_minimum() -> tuple[tuple[float, float], float]:
 
 def build_strategy(name: str, seed: int = 0) -> Strategy:
     """A fresh instance of the registered strategy ``name`` for this toy (K = 2)."""
-    kwargs = dict(OPTIONS.get(name, {}))
-    cls = strategy_class(name)
-    if "seed" in inspect.signature(cls.__init__).parameters:
-        kwargs["seed"] = seed
-    return cls(**kwargs)
+    # the context gives ``seed`` to the strategies that take one
+    return mtlkit.get_strategy(name, context=mtlkit.Context(seed=seed), **OPTIONS.get(name, {}))
 
 
 @dataclass

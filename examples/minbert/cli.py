@@ -1,8 +1,13 @@
-"""Command line: ``python -m examples.minbert train|evaluate ...`` (or the ``minbert`` script).
+"""Command line: ``python -m examples.minbert train|evaluate ...`` (from the repository root).
 
 The defaults of ``train`` are the README's main job: multitask training of the embedded
-all-MiniLM-L6-v2 on SST, Quora and STS with PCGrad, sized for about 20 minutes on a
+all-MiniLM-L6-v2 on SST, Quora and STS with PCGrad, sized for about 16 minutes on a
 2-core CPU. Longer runs: raise ``--epochs`` / ``--steps-per-epoch``.
+
+This module parses arguments into a :class:`~examples.minbert.train.TrainConfig` and calls
+:func:`~examples.minbert.train.train`; the flags of the built-in tasks (``--quora-*``,
+``--sts-*``, ``--dropout``) become the options of their records
+(:mod:`examples.minbert.tasks`), ``--task-arg TASK.KEY=VALUE`` those of any task.
 """
 
 from __future__ import annotations
@@ -11,12 +16,24 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import mtlkit
 
-from .multitask import QUORA_LOSSES, STS_LOSSES, TaskOptions
-from .train import SCHEDULERS, TrainConfig, Trainer, evaluate_checkpoint
+from . import evaluate, report
+from .checkpoint import load_checkpoint
+from .multitask import POOLINGS
+from .tasks import (
+    QUORA_PAIRWISE,
+    QUORA_STRUCTURES,
+    STS_STRUCTURES,
+    TASKS,
+    loss_name,
+    quora_losses,
+    sts_losses,
+)
+from .train import TrainConfig, build_model, load_split, resolve_device, train
 
 
 def _kv(text: str) -> tuple[str, Any]:
@@ -29,23 +46,39 @@ def _kv(text: str) -> tuple[str, Any]:
         return key.replace("-", "_"), value
 
 
+def _task_kv(text: str) -> tuple[str, str, Any]:
+    key, value = _kv(text)
+    task, dot, option = key.partition(".")
+    if not dot or not task or not option:
+        raise argparse.ArgumentTypeError(f"expected TASK.KEY=VALUE, got {text!r}")
+    return task, option, value
+
+
 def _batch_sizes(text: str) -> int | list[int]:
     try:
         sizes = [int(x) for x in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a batch size or sst,quora,sts sizes, got {text!r}"
+            f"expected a batch size or one per task (e.g. 32,16,8), got {text!r}"
         ) from None
-    if len(sizes) not in (1, 3) or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or 3 sizes >= 1, got {text!r}")
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
     return sizes[0] if len(sizes) == 1 else sizes
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TASKS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
+    return names
 
 
 def _file(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected TASK-SPLIT=PATH, got {text!r}")
     key, value = text.split("=", 1)
-    if key not in {f"{t}-{s}" for t in ("sst", "quora", "sts") for s in ("train", "dev")}:
+    if key not in {f"{t}-{s}" for t in TASKS for s in ("train", "dev")}:
         raise argparse.ArgumentTypeError(f"unknown file key {key!r} (e.g. sst-train, sts-dev)")
     return key, value
 
@@ -57,12 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     d = TrainConfig()
-    t = TaskOptions()
     tr = sub.add_parser("train", help="train and evaluate on dev every epoch")
     tr.add_argument("--out-dir", default="runs/minbert", help="run folder (checkpoints, plots)")
     tr.add_argument("--weights", default=None, help="BERT checkpoint folder (default: embedded)")
     tr.add_argument("--init", choices=["pretrained", "tiny-random"], default=d.init)
-    tr.add_argument("--data-dir", default=None, help="folder with {sst,quora,sts}-{train,dev}.csv")
+    tr.add_argument("--data-dir", default=None, help="folder with {task}-{train,dev}.csv")
     tr.add_argument(
         "--file",
         type=_file,
@@ -72,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="use this file for one task and split, e.g. sst-train=full.csv",
     )
     tr.add_argument("--strict-data", action="store_true", help="refuse malformed rows")
+    tr.add_argument(
+        "--tasks",
+        type=_names,
+        default=d.tasks,
+        metavar="A,B,...",
+        help=f"the tasks, in the order of the rows of J (default: {','.join(d.tasks)})",
+    )
+    tr.add_argument(
+        "--task-arg",
+        type=_task_kv,
+        action="append",
+        default=[],
+        metavar="TASK.KEY=VALUE",
+        help="an option of a task's record, e.g. --task-arg quora.dropout=0.1 (JSON values)",
+    )
     tr.add_argument("--strategy", default=d.strategy, choices=mtlkit.list_strategies())
     tr.add_argument(
         "--strategy-arg",
@@ -81,23 +128,57 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="strategy option, e.g. --strategy-arg alpha=1.5 (JSON values)",
     )
-    tr.add_argument("--scheduler", default=d.scheduler, choices=SCHEDULERS)
-    tr.add_argument("--pooling", default=t.pooling, choices=["mean", "cls"])
+    tr.add_argument("--scheduler", default=d.scheduler, choices=mtlkit.list_schedulers())
     tr.add_argument(
-        "--quora-structure", default=t.quora_structure, choices=["cross", "siamese", "cosine"]
+        "--scheduler-arg",
+        type=_kv,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="scheduler option, e.g. --scheduler-arg temperature=5 (JSON values)",
     )
-    tr.add_argument("--sts-structure", default=t.sts_structure, choices=["cosine", "cross"])
-    tr.add_argument("--quora-loss", default=t.quora_loss, choices=QUORA_LOSSES)
-    tr.add_argument("--sts-loss", default=t.sts_loss, choices=STS_LOSSES)
-    tr.add_argument("--margin", type=float, default=t.margin, help="pairwise loss margin")
+    tr.add_argument("--pooling", default=d.pooling, choices=POOLINGS)
+    tr.add_argument("--quora-structure", default="siamese", choices=QUORA_STRUCTURES)
+    tr.add_argument(
+        "--quora-loss",
+        default="bce",
+        type=loss_name,
+        choices=quora_losses(),
+        help="bce, or a pairwise loss of mtlkit.losses (names or aliases, e.g. mnrl)",
+    )
+    tr.add_argument(
+        "--quora-loss-arg",
+        type=_kv,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help='option of the pairwise Quora loss, e.g. distance="euclidean" (JSON values)',
+    )
+    tr.add_argument("--sts-structure", default="cosine", choices=STS_STRUCTURES)
+    tr.add_argument("--sts-loss", default="mse", type=loss_name, choices=sts_losses())
+    tr.add_argument(
+        "--sts-loss-arg",
+        type=_kv,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of the pairwise STS loss, e.g. scale=20 (JSON values)",
+    )
+    tr.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="margin of the Quora margin losses (cosine-embedding, contrastive, triplet; "
+        "default 0.5)",
+    )
     tr.add_argument(
         "--margin-end",
         type=float,
         default=None,
         help="move the margin linearly to this value over --margin-steps",
     )
-    tr.add_argument("--margin-steps", type=int, default=t.margin_steps)
-    tr.add_argument("--dropout", type=float, default=t.dropout)
+    tr.add_argument("--margin-steps", type=int, default=1000)
+    tr.add_argument("--dropout", type=float, default=0.0, help="on the SST/Quora/STS heads")
     tr.add_argument("--fine-tune", default=d.fine_tune, choices=["full-model", "last-linear-layer"])
     tr.add_argument("--epochs", type=int, default=d.epochs)
     tr.add_argument(
@@ -110,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_batch_sizes,
         default=d.batch_size,
-        help="examples per task and step: one number, or sst,quora,sts (e.g. 16,24,8)",
+        help="examples per task and step: one number, or one per task (e.g. 32,16,8: the "
+        "default for sst,quora,sts)",
     )
     tr.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     tr.add_argument("--lr", type=float, default=d.lr, help="encoder learning rate")
@@ -154,51 +236,118 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def task_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The options of the selected tasks: the built-in tasks' flags, then ``--task-arg``."""
+    quora_loss = dict(args.quora_loss_arg)
+    if args.margin is not None or args.margin_end is not None:
+        margin = args.margin
+        if margin is None:  # the loss's default margin in the Quora record
+            margin = QUORA_PAIRWISE.get(args.quora_loss, ({}, None))[0].get("margin")
+        if args.margin_end is not None:
+            quora_loss["margin"] = {
+                "start": margin,
+                "end": args.margin_end,
+                "steps": args.margin_steps,
+            }
+        else:
+            quora_loss["margin"] = margin
+    options: dict[str, dict[str, Any]] = {
+        "sst": {"dropout": args.dropout},
+        "quora": {
+            "structure": args.quora_structure,
+            "loss": args.quora_loss,
+            "loss_options": quora_loss,
+            "dropout": args.dropout,
+        },
+        "sts": {
+            "structure": args.sts_structure,
+            "loss": args.sts_loss,
+            "loss_options": dict(args.sts_loss_arg),
+            "dropout": args.dropout,
+        },
+    }
+    for task, key, value in args.task_arg:
+        if task not in args.tasks:
+            raise ValueError(f"--task-arg {task}.{key}: {task!r} is not among --tasks")
+        options.setdefault(task, {})[key] = value
+    return {name: opts for name, opts in options.items() if name in args.tasks}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    task_names = {f.name for f in fields(TaskOptions)}
-    tasks = TaskOptions(**{k: v for k, v in vars(args).items() if k in task_names})
     names = {f.name for f in fields(TrainConfig)}
-    kwargs = {k: v for k, v in vars(args).items() if k in names and k != "tasks"}
+    kwargs = {k: v for k, v in vars(args).items() if k in names}
     kwargs["files"] = dict(args.file)
+    kwargs["task_options"] = task_options(args)
     kwargs["strategy_options"] = dict(args.strategy_arg)
+    kwargs["scheduler_options"] = dict(args.scheduler_arg)
     kwargs["progress"] = not args.no_progress
-    return TrainConfig(tasks=tasks, **kwargs)
+    return TrainConfig(**kwargs)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    files: dict[str, str] | None = None,
+    out_dir: str | Path | None = None,
+    device: str = "auto",
+    limit: int | None = None,
+) -> dict[str, float]:
+    """Score a saved checkpoint on dev files (or any files in the format)."""
+    state = load_checkpoint(checkpoint)
+    cfg = TrainConfig(**json.loads(state["config"]))
+    cfg.files = dict(files or {})
+    tasks = cfg.task_records()
+    model, tokenizer = build_model(cfg, tasks)
+    model.load_state_dict(state["model"])
+    on = resolve_device(device)
+    model.to(on)
+    datasets = load_split(cfg, tasks, "dev", limit)
+    results = evaluate.predict(
+        model,
+        datasets,
+        tokenizer,
+        device=on,
+        max_length=cfg.max_length,
+        batch_size=cfg.eval_batch_size,
+        bf16=cfg.bf16,
+    )
+    out = Path(out_dir) if out_dir else Path(checkpoint).parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_predictions(out, tasks, datasets, results)
+    report.save_confusions(out, tasks, results)
+    s = evaluate.scores(tasks, results)
+    (out / "scores.json").write_text(json.dumps(s, indent=2))
+    return s
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        try:
-            cfg = config_from_args(args)
-        except (ValueError, TypeError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        trainer = Trainer(cfg)
-        history = trainer.fit()
-        if cfg.distributed:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-        if trainer.rank != 0:  # one summary per run
-            return 0
-        best = max(history, key=lambda r: r["dev"]["overall"]) if history else None
-        if best is not None:
-            dv = best["dev"]
-            print(
-                f"best dev (epoch {best['epoch']}): SST acc {dv['sst_acc']:.3f}  Quora acc "
-                f"{dv['quora_acc']:.3f}  STS Pearson {dv['sts_pearson']:.3f} (Spearman "
-                f"{dv['sts_spearman']:.3f})  overall {dv['overall']:.3f}  -> {cfg.out_dir}"
-            )
+    if args.command == "evaluate":
+        s = evaluate_checkpoint(
+            args.checkpoint,
+            files=dict(args.file),
+            out_dir=args.out_dir,
+            device=args.device,
+            limit=args.limit,
+        )
+        print(json.dumps(s, indent=2))
         return 0
-    s = evaluate_checkpoint(
-        args.checkpoint,
-        files=dict(args.file),
-        out_dir=args.out_dir,
-        device=args.device,
-        limit=args.limit,
-    )
-    print(json.dumps(s, indent=2))
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run = train(cfg)
+    if cfg.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if run.rank != 0 or not run.history:  # one summary per run
+        return 0
+    best = max(run.history, key=lambda r: r["dev"]["overall"])
+    scores = "  ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in best["dev"].items())
+    print(f"best dev (epoch {best['epoch']}): {scores}  -> {cfg.out_dir}")
     return 0
 
 

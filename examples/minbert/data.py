@@ -1,8 +1,9 @@
-"""Readers, datasets and batch collation for the three miniBERT tasks.
+"""Readers, datasets and batch collation for the miniBERT tasks.
 
-The files use the format of the Stanford CS224N multitask-BERT project (see ``data/README.md``):
-tab-separated, a header line whose first column (a row index) has an empty name, quoted
-fields with doubled quotes. Columns:
+Which reader a task uses is part of its record (:mod:`examples.minbert.tasks`); this module
+knows file formats, not tasks. The files use the format of the Stanford CS224N
+multitask-BERT project (see ``data/README.md``): tab-separated, a header line whose first
+column (a row index) has an empty name, quoted fields with doubled quotes. Columns:
 
 ==========  =====================================================  ==========================
 task        columns after the row index                            label
@@ -29,7 +30,16 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Generic, Literal, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    TypeVar,
+    runtime_checkable,
+)
 
 import torch
 from torch import Tensor
@@ -46,10 +56,12 @@ __all__ = [
     "DataError",
     "DataWarning",
     "ExampleDataset",
+    "PairExample",
     "ParaphraseExample",
     "QuoraDataset",
     "SSTDataset",
     "STSDataset",
+    "SentenceExample",
     "SentimentExample",
     "SimilarityExample",
     "collate",
@@ -65,8 +77,9 @@ STS_MAX_SCORE = 5.0
 _MAX_LISTED = 10
 
 Split = Literal["train", "dev"]
-Task = Literal["sst", "quora", "sts"]
-PairMode = Literal["cross", "siamese"]
+#: How a batch is tokenized: ``"single"`` (one sentence per example), ``"cross"`` (a pair
+#: joined as ``[CLS] a [SEP] b [SEP]``) or ``"siamese"`` (a pair's sentences apart).
+PairMode = Literal["single", "cross", "siamese"]
 
 
 class DataError(ValueError):
@@ -113,6 +126,11 @@ class SimilarityExample:
     score: float
     line: int = 0
 
+    @property
+    def label(self) -> float:
+        """The score: every example's target is its ``label``."""
+        return self.score
+
 
 Example = SentimentExample | ParaphraseExample | SimilarityExample
 E = TypeVar("E", SentimentExample, ParaphraseExample, SimilarityExample)
@@ -128,10 +146,10 @@ def default_data_dir() -> Path:
     return Path(__file__).parent / "data"
 
 
-def dataset_path(task: Task, split: Split, data_dir: str | Path | None = None) -> Path:
+def dataset_path(task: str, split: Split, data_dir: str | Path | None = None) -> Path:
     """Path of ``{task}-{split}.csv`` in ``data_dir`` (default: :func:`default_data_dir`)."""
-    if task not in ("sst", "quora", "sts"):
-        raise ValueError(f"unknown task {task!r}; expected 'sst', 'quora' or 'sts'")
+    if not task or "/" in task or "\\" in task:
+        raise ValueError(f"a task name must be a non-empty file name part, got {task!r}")
     if split not in ("train", "dev"):
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'dev'")
     folder = default_data_dir() if data_dir is None else Path(data_dir)
@@ -310,8 +328,9 @@ def read_sts(
 class ExampleDataset(Dataset[E], Generic[E]):
     """A map-style dataset over a list of examples."""
 
-    #: the task whose files :meth:`load` reads (set by each subclass)
-    task: ClassVar[Task]
+    #: the task whose files :meth:`load` reads, and their reader (set by each subclass)
+    task: ClassVar[str]
+    read: ClassVar[Callable[..., list]]
 
     def __init__(self, examples: Sequence[E]) -> None:
         self.examples: list[E] = list(examples)
@@ -332,30 +351,29 @@ class ExampleDataset(Dataset[E], Generic[E]):
         limit: int | None = None,
     ) -> Self:
         """Read ``{task}-{split}.csv`` from ``data_dir`` (default: the shipped files)."""
-        read = READERS[cls.task]
-        return cls(read(dataset_path(cls.task, split, data_dir), strict=strict, limit=limit))
+        path = dataset_path(cls.task, split, data_dir)
+        return cls(cls.read(path, strict=strict, limit=limit))
 
 
 class SSTDataset(ExampleDataset[SentimentExample]):
     """SST-5 sentiment classification."""
 
     task = "sst"
+    read = staticmethod(read_sst)
 
 
 class QuoraDataset(ExampleDataset[ParaphraseExample]):
     """Quora Question Pairs paraphrase detection."""
 
     task = "quora"
+    read = staticmethod(read_quora)
 
 
 class STSDataset(ExampleDataset[SimilarityExample]):
     """STS Benchmark semantic textual similarity."""
 
     task = "sts"
-
-
-#: the reader of each task's file format
-READERS: dict[Task, Callable[..., list]] = {"sst": read_sst, "quora": read_quora, "sts": read_sts}
+    read = staticmethod(read_sts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,8 +424,30 @@ class Batch:
         )
 
 
+@runtime_checkable
+class SentenceExample(Protocol):
+    """What :func:`collate` reads from a one-sentence example (e.g. :class:`SentimentExample`)."""
+
+    @property
+    def sentence(self) -> str: ...
+    @property
+    def label(self) -> int | float: ...
+
+
+@runtime_checkable
+class PairExample(Protocol):
+    """What :func:`collate` reads from a sentence-pair example (Quora, STS)."""
+
+    @property
+    def sentence1(self) -> str: ...
+    @property
+    def sentence2(self) -> str: ...
+    @property
+    def label(self) -> int | float: ...
+
+
 def collate(
-    examples: Sequence[Example],
+    examples: Sequence[Any],
     tokenizer: BertTokenizer,
     *,
     pair_mode: PairMode = "cross",
@@ -416,11 +456,13 @@ def collate(
     """Tokenize a list of examples of one kind into a padded :class:`Batch`.
 
     Args:
-        examples: all :class:`SentimentExample`, or all pair examples.
+        examples: examples of one type, each with a ``sentence`` (:class:`SentenceExample`)
+            or a ``sentence1`` and a ``sentence2`` (:class:`PairExample`), and a ``label``:
+            integer labels give int64 ``labels`` (classes), float labels float32 (scores).
         tokenizer: the tokenizer (padding is dynamic: to the longest sequence of the batch).
         pair_mode: for pairs, ``"cross"`` encodes ``[CLS] a [SEP] b [SEP]`` with segment ids
             0/1 into ``inputs``; ``"siamese"`` encodes the two sentences separately into
-            ``inputs`` and ``inputs_b``.
+            ``inputs`` and ``inputs_b``. One-sentence examples ignore it.
         max_length: truncation length (default: the tokenizer's); in cross mode it bounds the
             joined pair.
     """
@@ -430,26 +472,23 @@ def collate(
     if any(type(e) is not kind for e in examples):
         names = sorted({type(e).__name__ for e in examples})
         raise TypeError(f"a batch mixes example types: {names}")
-    if pair_mode not in ("cross", "siamese"):
-        raise ValueError(f"pair_mode must be 'cross' or 'siamese', got {pair_mode!r}")
-    if kind is SentimentExample:
-        sst = [e for e in examples if isinstance(e, SentimentExample)]
-        labels = torch.tensor([e.label for e in sst], dtype=torch.long)
-        return Batch(tokenizer.encode([e.sentence for e in sst], max_length=max_length), labels)
-    pairs = [e for e in examples if isinstance(e, ParaphraseExample | SimilarityExample)]
-    if kind is ParaphraseExample:
-        labels = torch.tensor(
-            [e.label for e in pairs if isinstance(e, ParaphraseExample)], dtype=torch.long
+    if pair_mode not in ("single", "cross", "siamese"):
+        raise ValueError(f"pair_mode must be 'single', 'cross' or 'siamese', got {pair_mode!r}")
+    values = [e.label for e in examples]
+    integer = all(isinstance(v, int) for v in values)
+    labels = torch.tensor(values, dtype=torch.long if integer else torch.float32)
+    if isinstance(examples[0], SentenceExample):
+        return Batch(
+            tokenizer.encode([e.sentence for e in examples], max_length=max_length), labels
         )
-    elif kind is SimilarityExample:
-        scores = [e.score for e in pairs if isinstance(e, SimilarityExample)]
-        labels = torch.tensor(scores, dtype=torch.float32)
-    else:
-        raise TypeError(f"cannot collate {kind.__name__}")
-    first = [e.sentence1 for e in pairs]
-    second = [e.sentence2 for e in pairs]
+    if not isinstance(examples[0], PairExample):
+        raise TypeError(f"cannot collate {kind.__name__}: it has no sentence (or sentence1/2)")
+    first = [e.sentence1 for e in examples]
+    second = [e.sentence2 for e in examples]
     if pair_mode == "cross":
         return Batch(tokenizer.encode(first, second, max_length=max_length), labels)
+    if pair_mode == "single":
+        raise ValueError("pairs need pair_mode 'cross' or 'siamese', got 'single'")
     return Batch(
         tokenizer.encode(first, max_length=max_length),
         labels,
@@ -471,7 +510,7 @@ class Collate:
         self.pair_mode: PairMode = pair_mode
         self.max_length = max_length
 
-    def __call__(self, examples: Sequence[Example]) -> Batch:
+    def __call__(self, examples: Sequence[Any]) -> Batch:
         return collate(
             examples, self.tokenizer, pair_mode=self.pair_mode, max_length=self.max_length
         )

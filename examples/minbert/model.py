@@ -7,8 +7,9 @@ feed-forward block, each wrapped in dropout + residual + LayerNorm), and a poole
 
 Module and parameter names deliberately follow the Hugging Face ``BertModel`` state dict
 (``embeddings.word_embeddings.weight``, ``encoder.layer.0.attention.self.query.weight``, ...,
-``pooler.dense.weight``), so a Hugging Face checkpoint loads as is; see
-:mod:`examples.minbert.weights`. That is why a few attributes have unusual names such as
+``pooler.dense.weight``), so a Hugging Face checkpoint loads as is with
+:func:`examples.minbert.weights.load_pretrained` (this module imports nothing else of the
+example). That is why a few attributes have unusual names such as
 ``attention.self`` and ``LayerNorm``.
 
 Attention uses :func:`torch.nn.functional.scaled_dot_product_attention`, which picks a fused
@@ -355,7 +356,9 @@ class BertModel(nn.Module):
     """BERT encoder: embeddings, transformer layers, pooler.
 
     ``state_dict()`` keys equal those of Hugging Face's ``BertModel`` (without the
-    ``position_ids`` / ``token_type_ids`` buffers, which are recomputed here).
+    ``position_ids`` / ``token_type_ids`` buffers, which are recomputed here). The pooler
+    is always built (checkpoints hold it, and its random initialisation is part of the
+    seeded sequence); :meth:`hidden_states` runs the encoder without it.
     """
 
     def __init__(self, config: BertConfig) -> None:
@@ -388,7 +391,18 @@ class BertModel(nn.Module):
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Encode a batch.
+        """Encode a batch: ``(last_hidden_state, pooled)`` of shapes (B, T, hidden) and
+        (B, hidden). See :meth:`hidden_states` for the arguments."""
+        hidden = self.hidden_states(input_ids, attention_mask, token_type_ids)
+        return hidden, self.pooler(hidden)
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """The last layer's hidden states (B, T, hidden), without the pooler.
 
         Args:
             input_ids: (B, T) token ids.
@@ -396,9 +410,6 @@ class BertModel(nn.Module):
                 means no padding. Each row needs at least one real token.
             token_type_ids: (B, T) segment ids (0 for the first sentence, 1 for the second);
                 ``None`` means all zeros.
-
-        Returns:
-            ``(last_hidden_state, pooled)`` of shapes (B, T, hidden) and (B, hidden).
         """
         if input_ids.dim() != 2:
             shape = tuple(input_ids.shape)
@@ -418,19 +429,8 @@ class BertModel(nn.Module):
                 )
             # (B, T) -> (B, 1, 1, T): broadcast over heads and query positions.
             mask = attention_mask.bool()[:, None, None, :]
-        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
-        return hidden, self.pooler(hidden)
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path | None = None) -> BertModel:
-        """Load a checkpoint folder (default: the embedded all-MiniLM-L6-v2 weights).
-
-        See :func:`examples.minbert.weights.load_pretrained`.
-        """
-        from .weights import load_pretrained
-
-        model, _, _ = load_pretrained(folder)
-        return model
+        out: Tensor = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+        return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -62,9 +62,15 @@ def test_pytorch_bin_with_bert_prefix_and_heads(tmp_path: Path) -> None:
     _same_weights(model, source)
 
 
-def test_model_from_pretrained(tmp_path: Path) -> None:
+def test_pooler_weights_load(tmp_path: Path) -> None:
+    """The pooler's weights are part of a checkpoint and load with the rest (the
+    multitask model freezes the pooler when no head reads it: test_tasks.py)."""
     source = _checkpoint(tmp_path / "ckpt")
-    _same_weights(BertModel.from_pretrained(tmp_path / "ckpt"), source)
+    model, _, _ = load_pretrained(tmp_path / "ckpt")
+    assert torch.equal(model.pooler.dense.weight, source.pooler.dense.weight)
+    _checkpoint(tmp_path / "nopooler", lambda s: s.pop("pooler.dense.weight"))
+    with pytest.raises(WeightsError, match=r"missing keys: pooler\.dense\.weight"):
+        load_pretrained(tmp_path / "nopooler")
 
 
 def test_missing_key(tmp_path: Path) -> None:

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 import torch
 
+from examples.minbert import checkpoint as checkpoint_mod
+from examples.minbert import evaluate as evaluate_mod
 from examples.minbert import train as train_mod
+from examples.minbert.checkpoint import load_checkpoint
 from examples.minbert.cli import main
-from examples.minbert.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS_PER_EPOCH = 12
@@ -51,6 +53,10 @@ ARGS = [
     "3",
     "--scheduler",
     "dynamic",
+    "--scheduler-arg",
+    "temperature=0.05",
+    "--scheduler-arg",
+    "min_per_task=2",
     "--strategy",
     "pcgrad",
     "--quora-structure",
@@ -174,24 +180,24 @@ def test_resume_from_any_crash_point(
     end-of-epoch evaluation) resume to the same end as an uninterrupted run."""
     kind, when = point.split("-")
     calls = {"step": 0, "eval": 0}
-    real_step = train_mod.Trainer.train_step
-    real_eval = train_mod.Trainer.evaluate_epoch
+    real_step = train_mod.train_step
+    real_predict = evaluate_mod.predict
 
-    def step(self: Any, batches: Any) -> Any:
+    def step(*args: Any, **kwargs: Any) -> Any:
         calls["step"] += 1
         if kind == "step" and calls["step"] == int(when):
             raise Crash
-        return real_step(self, batches)
+        return real_step(*args, **kwargs)
 
-    def evaluate(self: Any, *args: Any) -> Any:
+    def predict(*args: Any, **kwargs: Any) -> Any:  # the dev predictions of an evaluation
         calls["eval"] += 1
-        if kind == "eval" and calls["eval"] == int(when):
+        if kind == "eval" and calls["eval"] == 2 * int(when):
             raise Crash
-        return real_eval(self, *args)
+        return real_predict(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(train_mod.Trainer, "train_step", step)
-        m.setattr(train_mod.Trainer, "evaluate_epoch", evaluate)
+        m.setattr(train_mod, "train_step", step)
+        m.setattr(evaluate_mod, "predict", predict)
         with pytest.raises(Crash):
             main([*SMALL, "--out-dir", str(tmp_path)])
     assert main([*SMALL, "--out-dir", str(tmp_path), "--resume"]) == 0
@@ -200,19 +206,19 @@ def test_resume_from_any_crash_point(
 
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "latest.pt"
-    train_mod.save_atomic({"step": torch.tensor(1)}, path)
+    checkpoint_mod.save_atomic({"step": torch.tensor(1)}, path)
 
     def dies_mid_write(obj: Any, fh: Any) -> None:
         fh.write(b"PK\x03\x04 half a checkpoint")
         raise KeyboardInterrupt  # killed during the write
 
     with monkeypatch.context() as m:
-        m.setattr(train_mod.torch, "save", dies_mid_write)
+        m.setattr(checkpoint_mod.torch, "save", dies_mid_write)
         with pytest.raises(KeyboardInterrupt):
-            train_mod.save_atomic({"step": torch.tensor(2)}, path)
+            checkpoint_mod.save_atomic({"step": torch.tensor(2)}, path)
     assert (tmp_path / "latest.pt.tmp").exists()
     assert int(load_checkpoint(path)["step"]) == 1  # the previous checkpoint, intact
-    train_mod.save_atomic({"step": torch.tensor(3)}, path)  # a stale .tmp is overwritten
+    checkpoint_mod.save_atomic({"step": torch.tensor(3)}, path)  # a stale .tmp is overwritten
     assert int(load_checkpoint(path)["step"]) == 3
     assert not (tmp_path / "latest.pt.tmp").exists()
 
@@ -223,7 +229,7 @@ def test_resume_needs_the_same_number_of_processes(small_reference: Path, tmp_pa
 
     state = load_checkpoint(small_reference / "latest.pt")
     own = {k: state[k] for k in ("loader", "rng_cpu", "rng_cuda")}
-    train_mod.save_atomic({**state, "ranks": [own, own]}, tmp_path / "latest.pt")
+    checkpoint_mod.save_atomic({**state, "ranks": [own, own]}, tmp_path / "latest.pt")
     args = build_parser().parse_args([*SMALL, "--out-dir", str(tmp_path), "--resume"])
     with pytest.raises(ValueError, match="written by 2 process"):
-        train_mod.Trainer(config_from_args(args))
+        train_mod.train(config_from_args(args))
