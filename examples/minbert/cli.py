@@ -119,7 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TASK.KEY=VALUE",
         help="an option of a task's record, e.g. --task-arg quora.dropout=0.1 (JSON values)",
     )
-    tr.add_argument("--strategy", default=d.strategy, choices=mtlkit.list_strategies())
+    tr.add_argument(
+        "--strategy",
+        default=d.strategy,
+        type=mtlkit.normalize_name,  # my_method and my-method are one name
+        choices=mtlkit.list_strategies(),
+    )
     tr.add_argument(
         "--strategy-arg",
         type=_kv,
@@ -128,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="strategy option, e.g. --strategy-arg alpha=1.5 (JSON values)",
     )
-    tr.add_argument("--scheduler", default=d.scheduler, choices=mtlkit.list_schedulers())
+    tr.add_argument(
+        "--scheduler",
+        default=d.scheduler,
+        type=mtlkit.normalize_name,
+        choices=mtlkit.list_schedulers(),
+    )
     tr.add_argument(
         "--scheduler-arg",
         type=_kv,

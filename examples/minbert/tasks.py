@@ -247,15 +247,33 @@ def _pairwise(
         if options:
             raise ValueError(f"{task} loss {own!r} takes no options, got {sorted(options)}")
         return None, None
-    if name not in adapters:
+    if name not in adapters and not _user_loss(name):
         raise ValueError(
             f"{task} loss must be {own!r} or one of {sorted(adapters)} (mtlkit.losses), "
             f"got {name!r}"
         )
-    defaults, adapter = adapters[name]
+    defaults, adapter = adapters.get(name, ({}, _task_labels))
     kwargs = {**defaults, **options}
     get_loss(name, **kwargs)  # unknown or invalid options fail here, before any training
     return (lambda: get_loss(name, **kwargs)), adapter
+
+
+def _user_loss(name: str) -> bool:
+    """Whether ``name`` is a pairwise loss registered in :mod:`mtlkit.losses` from outside
+    mtlkit (a user's own): the tasks feed it ``(u, v, labels)`` with their own labels."""
+    return name in LOSSES and not LOSSES.get_class(name).__module__.startswith("mtlkit.")
+
+
+def _task_labels(loss: nn.Module, u: Tensor, v: Tensor, labels: Tensor) -> Tensor:
+    """A user's pairwise loss: the two embeddings and the task's labels as they are
+    (Quora: 1 duplicate / 0 not; STS: the 0..5 score), as floats."""
+    return loss(u, v, labels.float())
+
+
+def _pairwise_choices(adapters: Mapping[str, Any]) -> list[str]:
+    from mtlkit.losses import list_losses
+
+    return [n for n in list_losses() if n in adapters or _user_loss(n)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,10 +340,10 @@ QUORA_STRUCTURES = ("cross", "siamese", "cosine")
 
 
 def quora_losses() -> list[str]:
-    """``"bce"`` and the names of :func:`mtlkit.list_losses` that Quora can train with."""
-    from mtlkit.losses import list_losses
-
-    return ["bce", *(n for n in list_losses() if n in QUORA_PAIRWISE)]
+    """``"bce"`` and the names of :func:`mtlkit.list_losses` that Quora can train with:
+    those of :data:`QUORA_PAIRWISE`, and any registered from outside mtlkit (fed
+    ``(u, v, labels)`` with the 1/0 labels)."""
+    return ["bce", *_pairwise_choices(QUORA_PAIRWISE)]
 
 
 def best_threshold(cosines: Tensor, labels: Tensor) -> float:
@@ -420,10 +438,10 @@ STS_STRUCTURES = ("cosine", "cross")
 
 
 def sts_losses() -> list[str]:
-    """``"mse"`` and the names of :func:`mtlkit.list_losses` that STS can train with."""
-    from mtlkit.losses import list_losses
-
-    return ["mse", *(n for n in list_losses() if n in STS_PAIRWISE)]
+    """``"mse"`` and the names of :func:`mtlkit.list_losses` that STS can train with:
+    those of :data:`STS_PAIRWISE`, and any registered from outside mtlkit (fed
+    ``(u, v, scores)`` with the 0..5 scores)."""
+    return ["mse", *_pairwise_choices(STS_PAIRWISE)]
 
 
 def sts(
