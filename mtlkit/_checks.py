@@ -41,10 +41,10 @@ def check_real(
     return x
 
 
-def check_int(name: str, value: int, minimum: int) -> int:
+def check_int(name: str, value: object, minimum: int) -> int:
     """``value`` as an int >= ``minimum``, or an error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value

@@ -8,11 +8,6 @@ seed on every rank. Each rank sees half of every task's batch.
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +19,7 @@ from torch import Tensor, nn
 import mtlkit
 from mtlkit import TaskGradients
 from mtlkit.distributed import all_reduce_gradients, broadcast_parameters
+from tests.dist_utils import run_ranks
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -105,38 +101,14 @@ def train(name: str, rank: int = 0, world: int = 1) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    if sys.platform.startswith("linux") and "GLOO_SOCKET_IFNAME" not in os.environ:
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        results = {name: train(name, rank, world) for name in CASES}
-        torch.save(results, Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _all_cases(rank: int, world: int) -> dict[str, Any]:
+    return {name: train(name, rank, world) for name in CASES}
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Run the data-parallel training once (2 spawned processes); each rank's results."""
-    import torch.multiprocessing as mp
-
-    out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return run_ranks(_all_cases, WORLD, tmp_path_factory.mktemp("ddp"))
 
 
 def initial_params() -> dict[str, Tensor]:

@@ -9,11 +9,6 @@ writes its shard of the update into its sharded ``.grad``.
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +19,7 @@ from torch import Tensor, nn
 
 import mtlkit
 from mtlkit import TaskGradients
+from tests.dist_utils import run_ranks
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -174,33 +170,14 @@ def _counting(real: Any, calls: list[int], gathered: bool = False) -> Any:
     return counted
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    if sys.platform.startswith("linux") and "GLOO_SOCKET_IFNAME" not in os.environ:
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=120),
-    )
-    try:
-        results: dict[str, Any] = {name: train(name, rank, world) for name in CASES}
-        for style in STYLES:
-            for name in ("pcgrad", "nash-mtl"):
-                results[f"{name}/{style}"] = train(name, rank, world, style=style)
-        results["nonfinite"] = _nonfinite_on_one_rank(rank, world)
-        results["graddrop"] = _graddrop_refused(world)
-        torch.save(results, Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _all_cases(rank: int, world: int) -> dict[str, Any]:
+    results: dict[str, Any] = {name: train(name, rank, world) for name in CASES}
+    for style in STYLES:
+        for name in ("pcgrad", "nash-mtl"):
+            results[f"{name}/{style}"] = train(name, rank, world, style=style)
+    results["nonfinite"] = _nonfinite_on_one_rank(rank, world)
+    results["graddrop"] = _graddrop_refused(world)
+    return results
 
 
 def _nonfinite_on_one_rank(rank: int, world: int) -> bool:
@@ -232,17 +209,10 @@ def _graddrop_refused(world: int) -> str:
     return ""
 
 
-def _run(world: int, out: Path) -> list[dict[str, Any]]:
-    import torch.multiprocessing as mp
-
-    mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
-
-
 @pytest.fixture(scope="module", params=[2, 4])
 def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     world = int(request.param)
-    return world, _run(world, tmp_path_factory.mktemp(f"fsdp{world}"))
+    return world, run_ranks(_all_cases, world, tmp_path_factory.mktemp(f"fsdp{world}"))
 
 
 STYLES = ("one-graph", "features", "accumulate", "bf16")

@@ -11,6 +11,8 @@ from typing import Any, ClassVar, Literal, cast
 
 import torch
 
+from mtlkit._checks import check_int
+
 __all__ = ["EpochSpec", "Mode", "Plan", "TaskScheduler"]
 
 #: A step's plan: task index -> number of examples that task contributes to the step.
@@ -24,12 +26,7 @@ EpochSpec = Literal["max", "min", "sum"] | int
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+_check_int = check_int
 
 
 def _check_positive_float(name: str, value: float) -> float:

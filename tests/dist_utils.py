@@ -1,0 +1,47 @@
+"""Helpers for tests that spawn gloo process groups on the CPU (loopback only)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _entry(rank: int, world: int, port: int, out: str, work: Callable[[int, int], Any]) -> None:
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux") and "GLOO_SOCKET_IFNAME" not in os.environ:
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=120),
+    )
+    try:
+        torch.save(work(rank, world), Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(work: Callable[[int, int], Any], world: int, out: Path) -> list[Any]:
+    """Run ``work(rank, world)`` in ``world`` spawned gloo processes; their results (saved
+    with ``torch.save``, loaded with ``weights_only=True``), in rank order."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_entry, args=(world, free_port(), str(out), work), nprocs=world, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
