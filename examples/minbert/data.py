@@ -13,19 +13,33 @@ Quora       ``id, sentence1, sentence2, is_duplicate``             0 / 1 (writte
 STS         ``id, sentence1, sentence2, similarity``               float 0.0..5.0
 ==========  =====================================================  ==========================
 
-Bad rows. A row with the wrong number of fields, an empty sentence, or a label that is empty,
-not a number or out of range is *bad*; it is reported with its file and line number (the
-header is line 1). By default bad rows are skipped and **one** :class:`DataWarning` per file
-lists them; with ``strict=True`` the first bad row raises :class:`DataError`. The shipped
-``quora-train.csv`` has two such rows (lines 2026 and 11224), inherited from the source.
-A file that is empty, lacks the header, or has other columns (e.g. an STS file given to the
-SST reader) always raises :class:`DataError`.
+Lines, not records. Every physical line after the header is one example or one *bad row*;
+nothing else. A line ends at ``\n``, ``\r\n`` or ``\r`` (Python's universal newlines, as the
+``csv`` module counts them), the header is line 1, and each line is split into fields on its
+own: a field never spans lines. A quoted field (``"..."``, with ``""`` for a quote inside)
+may hold tabs, but a quote that opens a field and is not closed on the same line makes that
+line a bad row ("unclosed quote"), and the next line is read on its own. So one stray ``"``
+costs at most its own line, never the rows after it; a ``"`` inside an unquoted field is an
+ordinary character.
+
+Bad rows. A line is bad if it is blank (empty or only spaces and tabs), has an unclosed
+quote, has the wrong number of fields, an empty sentence, or a label that is empty, not a
+number or out of range. By default bad rows are skipped and **one** :class:`DataWarning`
+per file names them with file and line and says why (the first ten in the message, all of
+them in its ``skipped`` attribute) and gives the account: lines after the header = examples
+read + lines skipped. With ``strict=True`` (the CLI's ``--strict-data``) the first bad row
+raises :class:`DataError` naming ``file:line`` and the reason, so a strict read loses nothing.
+The shipped ``quora-train.csv`` has two bad rows (lines 2026 and 11224), inherited from the
+source. A file that is empty, lacks the header, has other columns (e.g. an STS file given to
+the SST reader) or is not UTF-8 text always raises :class:`DataError`.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import math
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,11 +97,52 @@ PairMode = Literal["single", "cross", "siamese"]
 
 
 class DataError(ValueError):
-    """A data file cannot be used; the message names the file and line."""
+    """A data file cannot be used; the message names the file and line.
+
+    Attributes:
+        path: the file (``None`` when not given).
+        line: the line at fault (the header is line 1), or ``None``.
+        reason: what is wrong with it, without the ``file:line:`` prefix.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        reason: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+        self.line = line
+        self.reason = reason or message
 
 
 class DataWarning(UserWarning):
-    """Bad rows were skipped while reading a data file; the message names them."""
+    """Bad rows were skipped while reading a data file; the message names them.
+
+    Attributes:
+        path: the file (``None`` when not given).
+        skipped: every skipped line as ``(line, reason)``, in file order.
+        read: the number of examples read.
+        lines: the number of lines read after the header; ``lines == read + len(skipped)``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        skipped: Sequence[tuple[int, str]] = (),
+        read: int = 0,
+        lines: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+        self.skipped: tuple[tuple[int, str], ...] = tuple(skipped)
+        self.read = read
+        self.lines = lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,6 +278,36 @@ def _parse_sts(row: list[str], line: int) -> SimilarityExample:
     )
 
 
+def _fields(text: str, columns: Sequence[str]) -> list[str]:
+    """Split one physical line (without its line end) into fields, or raise :class:`_BadRow`.
+
+    The line is parsed by ``csv`` on its own, followed by an empty line: when the reader
+    takes that second line, a quoted field was still open at the end of this one.
+    """
+    if not text.strip(" \t"):
+        raise _BadRow("blank line")
+    reader = csv.reader((text, ""), delimiter="\t")
+    try:
+        row = next(reader, [])
+    except csv.Error as exc:
+        raise _BadRow(f"malformed CSV ({exc})") from None
+    if reader.line_num > 1:
+        index = len(row) - 1
+        name = (columns[index] or "row index") if index < len(columns) else f"field {index + 1}"
+        raise _BadRow(f"unclosed quote in {name}: a quoted field must end on its line")
+    return row
+
+
+def _error_line(path: Path) -> int:
+    """The line (header = 1) of the first byte of ``path`` that is not UTF-8."""
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return len(re.findall(rb"\r\n|\r|\n", raw[: exc.start])) + 1
+    return 1  # not reached: called after a decoding error
+
+
 def _read(
     path: str | Path,
     columns: tuple[str, ...],
@@ -231,7 +316,11 @@ def _read(
     strict: bool,
     limit: int | None,
 ) -> list[E]:
-    """Read a CS224N-format file: check the header, parse rows, apply the bad-row policy."""
+    """Read a CS224N-format file line by line: check the header, parse each line, account.
+
+    Each physical line after the header becomes one example or one entry of ``skipped``
+    (see the module's docstring); strict mode raises at the first skipped line instead.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
@@ -239,45 +328,68 @@ def _read(
         raise ValueError(f"limit must be non-negative, got {limit}")
     header = ["", *columns]
     examples: list[E] = []
-    bad: list[str] = []
-    end = 0  # last physical line read so far
+    skipped: list[tuple[int, str]] = []
+    lines = 0  # physical lines read after the header
     try:
-        # utf-8-sig: a byte-order mark, if any, is not part of the first column's name.
+        # newline="": lines end at \n, \r\n or \r, kept at the end of each line read (and
+        # removed below); utf-8-sig: a byte-order mark is not part of the first column's name.
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle, delimiter="\t")
-            found = next(reader, None)
-            if found is None:
-                raise DataError(f"{path}:1: empty file (expected the header {_tabbed(header)})")
-            if [c.strip() for c in found] != header:
+            first = next(handle, None)
+            if first is None:
                 raise DataError(
-                    f"{path}:1: wrong or missing header: expected columns {_tabbed(header)}, "
+                    f"{path}:1: empty file (expected the header {_tabbed(header)})",
+                    path=path,
+                    line=1,
+                    reason="empty file",
+                )
+            found = next(csv.reader([first.rstrip("\r\n")], delimiter="\t"), [])
+            if [c.strip() for c in found] != header:
+                reason = (
+                    f"wrong or missing header: expected columns {_tabbed(header)}, "
                     f"found {_tabbed(found)}"
                 )
-            end = reader.line_num
-            for row in reader:
-                # A quoted field may span lines: report the row's first line.
-                line, end = end + 1, reader.line_num
+                raise DataError(f"{path}:1: {reason}", path=path, line=1, reason=reason)
+            for line, text in enumerate(handle, start=2):
                 if limit is not None and len(examples) >= limit:
                     break
+                lines += 1
                 try:
+                    row = _fields(text.rstrip("\r\n"), header)
                     if len(row) != len(header):
                         raise _BadRow(f"expected {len(header)} fields, found {len(row)}")
                     examples.append(parse(row, line))
                 except _BadRow as exc:
                     if strict:
-                        raise DataError(f"{path}:{line}: {exc}") from None
-                    bad.append(f"{path.name}:{line} ({exc})")
+                        raise DataError(
+                            f"{path}:{line}: {exc}", path=path, line=line, reason=str(exc)
+                        ) from None
+                    skipped.append((line, str(exc)))
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 text ({exc})") from exc
-    except csv.Error as exc:
-        raise DataError(f"{path}:{end + 1}: malformed CSV ({exc})") from exc
-    if bad:
-        shown = ", ".join(bad[:_MAX_LISTED])
-        if len(bad) > _MAX_LISTED:
-            shown += f", ... and {len(bad) - _MAX_LISTED} more"
+        line = _error_line(path)
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 text ({exc})",
+            path=path,
+            line=line,
+            reason="not valid UTF-8 text",
+        ) from exc
+    if len(examples) + len(skipped) != lines:  # every line is one or the other, by design
+        raise AssertionError(f"{path}: {lines} lines, {len(examples)} read, {len(skipped)} skipped")
+    if skipped:
+        shown = ", ".join(
+            f"{path.name}:{line} ({reason})" for line, reason in skipped[:_MAX_LISTED]
+        )
+        if len(skipped) > _MAX_LISTED:
+            shown += f", ... and {len(skipped) - _MAX_LISTED} more"
+        count = f"{len(skipped)} bad row{'s' if len(skipped) > 1 else ''}"
+        account = f"{lines} lines after the header: {len(examples)} read, {len(skipped)} skipped"
         warnings.warn(
-            f"{path}: skipped {len(bad)} bad row{'s' if len(bad) > 1 else ''}: {shown}",
-            DataWarning,
+            DataWarning(
+                f"{path}: skipped {count}: {shown} ({account})",
+                path=path,
+                skipped=skipped,
+                read=len(examples),
+                lines=lines,
+            ),
             stacklevel=3,
         )
     return examples
@@ -292,9 +404,16 @@ def read_sst(
 ) -> list[SentimentExample]:
     """Read an SST file (``id, sentence, sentiment``).
 
+    One example per physical line; a line that is not a valid example (blank, an unclosed
+    quote, a wrong number of fields, an empty sentence, a bad label) is a bad row: skipped
+    and reported with ``file:line`` and the reason in one :class:`DataWarning` per file, or,
+    with ``strict``, refused. No line is lost silently: examples read + lines skipped = the
+    lines after the header (the warning states the account).
+
     Args:
         path: the file.
-        strict: raise :class:`DataError` on the first bad row instead of skipping it.
+        strict: raise :class:`DataError` (naming ``file:line`` and the reason) on the first
+            bad row instead of skipping it.
         limit: stop after this many good examples (quick runs); the rest is not read.
 
     Raises:

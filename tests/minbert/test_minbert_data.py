@@ -87,6 +87,11 @@ def test_shipped_quora_bad_rows_warn_once() -> None:
     message = str(record[0].message)
     assert "skipped 2 bad rows" in message
     assert "quora-train.csv:2026" in message and "quora-train.csv:11224" in message
+    assert "(16000 lines after the header: 15998 read, 2 skipped)" in message
+    warning = record[0].message
+    assert isinstance(warning, DataWarning)
+    assert [line for line, _ in warning.skipped] == [2026, 11224]
+    assert (warning.read, warning.lines) == (15998, 16000)
     assert len(examples) == 15998
     lines = {e.line for e in examples}
     assert 2026 not in lines and 11224 not in lines
@@ -136,19 +141,24 @@ def test_malformed_rows(tmp_path: Path) -> None:
         SST_HEADER
         + "0\ta\tfine\t1\n"
         + "1\tb\ttoo\tmany\t1\n"  # line 3: 5 fields
-        + '2\tc\t"spans\ntwo lines"\t2\n'  # lines 4-5: one row, a quoted newline is fine
+        + '2\tc\t"spans\ntwo lines"\t2\n'  # lines 4-5: a field never spans lines
         + "3\td\t  \t2\n"  # line 6: empty sentence
         + "4\te\tword\tfour\n"  # line 7: label not a number
+        + '5\tf\t"quoted, with\ta tab"\t0\n'  # line 8: fine
     )
     path = _write(tmp_path, text)
     with pytest.warns(DataWarning) as record:
         examples = read_sst(path)
     assert len(record) == 1
     message = str(record[0].message)
+    assert "skipped 5 bad rows" in message
     assert "data.csv:3 (expected 4 fields, found 5)" in message
+    assert "data.csv:4 (unclosed quote in sentence: a quoted field must end on its line)" in message
+    assert "data.csv:5 (expected 4 fields, found 2)" in message
     assert "data.csv:6 (empty sentence)" in message
     assert "data.csv:7 (sentiment 'four' is not a number)" in message
-    assert [(e.line, e.sentence) for e in examples] == [(2, "fine"), (4, "spans\ntwo lines")]
+    assert "(7 lines after the header: 2 read, 5 skipped)" in message
+    assert [(e.line, e.sentence) for e in examples] == [(2, "fine"), (8, "quoted, with\ta tab")]
 
 
 def test_warning_truncates_long_lists(tmp_path: Path) -> None:
@@ -176,7 +186,7 @@ def test_empty_file_and_wrong_format(tmp_path: Path) -> None:
         read_sst(commas)
     bad_utf8 = tmp_path / "latin1.csv"
     bad_utf8.write_bytes(SST_HEADER.encode() + "0\ta\tcaf\xe9\t3\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin1\.csv: not valid UTF-8"):
+    with pytest.raises(DataError, match=r"latin1\.csv:2: not valid UTF-8"):
         read_sst(bad_utf8)
 
 
