@@ -67,6 +67,7 @@ def run_one(name: str, seed: int, budget: dict[str, Any], device: str, scratch: 
         seed=seed,
         device=device,
         progress=False,
+        overwrite=True,  # a rerun of an interrupted matrix replaces its own scratch runs
         **budget,
     )  # the main job's tasks, structures and losses
     cfg.strategy_options = strategy_options(name, len(cfg.tasks))

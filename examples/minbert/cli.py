@@ -5,7 +5,10 @@ all-MiniLM-L6-v2 on SST, Quora and STS with PCGrad, sized for about 16 minutes o
 2-core CPU. Longer runs: raise ``--epochs`` / ``--steps-per-epoch``.
 
 This module parses arguments into a :class:`~examples.minbert.train.TrainConfig` and calls
-:func:`~examples.minbert.train.train`; the flags of the built-in tasks (``--quora-*``,
+:func:`~examples.minbert.train.train`. A user error (a bad option value, a missing or empty
+file, a damaged checkpoint, a run folder in use or holding another run, ``--resume`` with
+other options) is printed as one ``error: ...`` line, exit status 2; anything else is a bug
+and shows its traceback. The flags of the built-in tasks (``--quora-*``,
 ``--sts-*``, ``--dropout``) become the options of their records
 (:mod:`examples.minbert.tasks`), ``--task-arg TASK.KEY=VALUE`` those of any task.
 """
@@ -22,7 +25,7 @@ from typing import Any
 import mtlkit
 
 from . import evaluate, report
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, ConfigError, RunError, load_checkpoint, write_atomic
 from .multitask import POOLINGS
 from .tasks import (
     QUORA_PAIRWISE,
@@ -33,7 +36,15 @@ from .tasks import (
     quora_losses,
     sts_losses,
 )
-from .train import TrainConfig, build_model, load_split, resolve_device, train
+from .train import (
+    TrainConfig,
+    build_model,
+    load_split,
+    resolve_device,
+    split_path,
+    train,
+    user_errors,
+)
 
 
 def _kv(text: str) -> tuple[str, Any]:
@@ -222,7 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.checkpoint_every,
         help="also checkpoint every N steps (latest.pt)",
     )
-    tr.add_argument("--resume", action="store_true", help="continue from OUT_DIR/latest.pt")
+    tr.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT_DIR from its latest.pt (with the same options; "
+        "--epochs, --threads, --device, --checkpoint-every, --no-progress may change)",
+    )
+    tr.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in OUT_DIR (its files are removed); without it or --resume, a "
+        "folder that is not empty is refused",
+    )
     tr.add_argument("--no-progress", action="store_true")
     tr.add_argument(
         "--distributed",
@@ -238,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="TASK-SPLIT=PATH",
-        help="score this file, e.g. sst-dev=my.csv (default: the shipped dev files)",
+        help="score this file for its task, e.g. sst-dev=my.csv or sst-train=full.csv (one "
+        "file per task; default: the dev files of the run's data)",
     )
     ev.add_argument("--out-dir", default=None, help="where predictions go")
     ev.add_argument("--device", default="auto")
@@ -302,16 +325,57 @@ def evaluate_checkpoint(
     device: str = "auto",
     limit: int | None = None,
 ) -> dict[str, float]:
-    """Score a saved checkpoint on dev files (or any files in the format)."""
+    """Score a saved checkpoint (``best.pt`` or ``latest.pt``) on one file per task.
+
+    Args:
+        files: ``{"TASK-SPLIT": path}``: score this file for TASK, whichever split it is
+            (``sst-train=full.csv`` scores that file); a task without one is scored on the
+            dev file of the run's data. Keys must name the checkpoint's tasks, one per task.
+        limit: score the first ``limit`` examples of each file.
+
+    Raises:
+        RunError: a bad checkpoint, file key, file, device or limit (one sentence).
+    """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
     state = load_checkpoint(checkpoint)
-    cfg = TrainConfig(**json.loads(state["config"]))
-    cfg.files = dict(files or {})
+    try:
+        cfg = TrainConfig(**json.loads(state["config"]))
+        model_state = state["model"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{checkpoint} does not hold a model and the options of its run that this version "
+            f"reads ({type(exc).__name__}: {exc})"
+        ) from None
+    chosen: dict[str, str] = {}  # task -> the key given for it
+    for key in files or {}:
+        name, _, split = key.rpartition("-")
+        if name not in cfg.tasks or split not in ("train", "dev"):
+            keys = ", ".join(f"{t}-train, {t}-dev" for t in cfg.tasks)
+            raise ConfigError(
+                f"--file {key}: the tasks of {checkpoint} are {','.join(cfg.tasks)} (keys {keys})"
+            )
+        if name in chosen:
+            raise ConfigError(
+                f"--file {chosen[name]} and --file {key}: evaluate scores one file per task"
+            )
+        chosen[name] = key
+    cfg.files = {f"{name}-dev": str((files or {})[key]) for name, key in chosen.items()}
     tasks = cfg.task_records()
-    model, tokenizer = build_model(cfg, tasks)
-    model.load_state_dict(state["model"])
     on = resolve_device(device)
-    model.to(on)
     datasets = load_split(cfg, tasks, "dev", limit)
+    for task, ds in zip(tasks, datasets, strict=True):
+        path = split_path(cfg, task.name, "dev")
+        print(f"scoring {task.name} on {path} ({len(ds)} examples)", file=sys.stderr)
+    model, tokenizer = build_model(cfg, tasks)
+    try:
+        model.load_state_dict(model_state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"the weights in {checkpoint} do not fit the model its options describe ({first})"
+        ) from None
+    model.to(on)
     results = evaluate.predict(
         model,
         datasets,
@@ -322,16 +386,34 @@ def evaluate_checkpoint(
         bf16=cfg.bf16,
     )
     out = Path(out_dir) if out_dir else Path(checkpoint).parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    with user_errors():
+        out.mkdir(parents=True, exist_ok=True)
     report.write_predictions(out, tasks, datasets, results)
     report.save_confusions(out, tasks, results)
     s = evaluate.scores(tasks, results)
-    (out / "scores.json").write_text(json.dumps(s, indent=2))
+    write_atomic(out / "scores.json", json.dumps(s, indent=2).encode())
     return s
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2: a user error, printed as one
+    ``error: ...`` line; 130: interrupted)."""
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "error: interrupted (files already written are whole; a run continues from its "
+            "last checkpoint with --resume)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         s = evaluate_checkpoint(
             args.checkpoint,
@@ -344,9 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = config_from_args(args)
-    except (ValueError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, TypeError) as err:  # the tasks' option checks raise these too
+        raise ConfigError(str(err)) from err
     run = train(cfg)
     if cfg.distributed:
         import torch.distributed as dist

@@ -1,9 +1,14 @@
 """Reports of a run: the per-epoch table, predictions as CSV, confusion matrices, training
-curves and ``history.json``. Columns come from the task records and the history rows."""
+curves and ``history.json``. Columns come from the task records and the history rows.
+
+Every file is written atomically (:func:`~examples.minbert.checkpoint.write_atomic`): a
+reader or a kill sees the previous version or the new one, and a full disk raises
+:class:`~examples.minbert.checkpoint.WriteError` naming the file."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -13,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
+from .checkpoint import WriteError, write_atomic
 from .tasks import Task
 
 __all__ = [
@@ -81,13 +87,17 @@ def write_predictions(
     results: Sequence[tuple[np.ndarray, np.ndarray]],
 ) -> None:
     """``{task}.csv`` with the columns id, prediction, label, in file order."""
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"could not create {folder}: {exc}", folder) from exc
     for task, ds, (pred, label) in zip(tasks, datasets, results, strict=True):
-        with open(folder / f"{task.name}.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["id", "prediction", "label"])
-            for ex, p, y in zip(ds.examples, pred.tolist(), label.tolist(), strict=True):
-                w.writerow([ex.uid, p, y])
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow(["id", "prediction", "label"])
+        for ex, p, y in zip(ds.examples, pred.tolist(), label.tolist(), strict=True):
+            w.writerow([ex.uid, p, y])
+        write_atomic(folder / f"{task.name}.csv", text.getvalue().encode())
 
 
 def save_confusions(
@@ -102,11 +112,11 @@ def save_confusions(
         text = f"{task.name.upper()} dev confusion matrix (rows: true class, columns: predicted)\n"
         text += "\n".join(" ".join(f"{int(v):5d}" for v in row) for row in cm)
         text += "\nper-class F1: " + " ".join(f"{v:.3f}" for v in f1) + "\n"
-        (folder / f"{task.name}-confusion.txt").write_text(text)
+        write_atomic(folder / f"{task.name}-confusion.txt", text.encode())
 
 
 def write_history(folder: Path, history: Sequence[dict[str, Any]]) -> None:
-    (folder / "history.json").write_text(json.dumps(history, indent=2))
+    write_atomic(folder / "history.json", json.dumps(history, indent=2).encode())
 
 
 def plot_curves(
@@ -140,5 +150,7 @@ def plot_curves(
     ax2.set_ylabel("dev score")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(folder / "curves.png", dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100)
     plt.close(fig)
+    write_atomic(folder / "curves.png", image.getbuffer())

@@ -14,12 +14,15 @@ record in :mod:`examples.minbert.tasks`; this file does not name any task.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +34,28 @@ import mtlkit
 from mtlkit.schedulers import DynamicBatchAllocation, MultiTaskLoader
 
 from . import evaluate, report
-from .checkpoint import load_checkpoint, restore, save_best, save_latest
-from .data import Collate, ExampleDataset, dataset_path
+from .checkpoint import (
+    ConfigError,
+    ResumeError,
+    RunError,
+    RunFolderError,
+    RunLock,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore,
+    save_best,
+    save_latest,
+    write_atomic,
+)
+from .data import Collate, DataError, ExampleDataset, dataset_path
 from .model import BertConfig, BertModel
 from .multitask import POOLINGS, MultitaskBert
 from .tasks import TASKS, Task, make_tasks
 from .tokenizer import BertTokenizer
-from .weights import load_pretrained
+from .weights import WeightsError, load_pretrained
+
+#: The most positions a ``tiny-random`` encoder gets (BERT's); a pretrained one has its own.
+TINY_MAX_POSITIONS = 512
 
 
 @dataclass
@@ -76,32 +94,62 @@ class TrainConfig:
     bf16: bool = False
     threads: int | None = None
     checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
-    resume: bool = False
+    resume: bool = False  # continue the run in out_dir from its latest.pt
+    overwrite: bool = False  # replace the run in out_dir (its files are removed)
     progress: bool = True
     distributed: bool = False
 
     def __post_init__(self) -> None:
+        """Check every option that does not need a file: a bad value fails here, before a
+        run starts, with :class:`~examples.minbert.checkpoint.ConfigError` (a ValueError)."""
         if self.fine_tune not in ("full-model", "last-linear-layer"):
-            raise ValueError("fine_tune must be 'full-model' or 'last-linear-layer'")
+            raise ConfigError("fine_tune must be 'full-model' or 'last-linear-layer'")
         if self.init not in ("pretrained", "tiny-random"):
-            raise ValueError(f"init must be 'pretrained' or 'tiny-random', got {self.init!r}")
+            raise ConfigError(f"init must be 'pretrained' or 'tiny-random', got {self.init!r}")
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        for name in ("epochs", "max_length", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        for name in ("epochs", "eval_batch_size", "eval_train_limit"):
+            _at_least(name, getattr(self, name), 1)
+        _at_least("max_length", self.max_length, 3, "([CLS] x [SEP])")
+        for name in ("train_limit", "dev_limit"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 1, "(an empty split cannot be used)")
+        for name in ("steps_per_epoch", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 0)
+        if self.threads is not None:
+            _at_least("threads", self.threads, 1)
+        for name in ("lr", "head_lr", "weight_decay"):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        ratio = self.warmup_ratio
+        if not _is_number(ratio) or not 0 <= ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {ratio!r}")
+        check_device(self.device)
+        if self.resume and self.overwrite:
+            raise ConfigError(
+                "resume and overwrite exclude each other: continue a run or replace it"
+            )
         if mtlkit.normalize_name(self.strategy) not in mtlkit.list_strategies():
-            raise ValueError(
+            raise ConfigError(
                 f"unknown strategy {self.strategy!r}; choose one of {mtlkit.list_strategies()}"
             )
         if mtlkit.normalize_name(self.scheduler) not in mtlkit.list_schedulers():
-            raise ValueError(
+            raise ConfigError(
                 f"unknown scheduler {self.scheduler!r}; choose one of {mtlkit.list_schedulers()}"
             )
         self.task_records()  # unknown tasks and refused task options fail here
+        keys = [f"{t}-{split}" for t in self.tasks for split in ("train", "dev")]
+        unknown = [key for key in self.files if key not in keys]
+        if unknown:
+            raise ConfigError(
+                f"unknown file key(s) {', '.join(unknown)}: the keys of tasks "
+                f"{','.join(self.tasks)} are {', '.join(keys)}"
+            )
         sizes = self.task_batch_sizes
         if len(sizes) != len(self.tasks) or min(sizes) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"batch_size must be one size >= 1 or {len(self.tasks)} of them "
                 f"({', '.join(self.tasks)}), got {self.batch_size!r}"
             )
@@ -120,6 +168,86 @@ class TrainConfig:
         return [int(b) for b in self.batch_size]
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _at_least(name: str, value: Any, low: int, why: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(
+            f"{name} must be an integer >= {low}{' ' + why if why else ''}, got {value!r}"
+        )
+
+
+def check_device(name: str) -> None:
+    """Refuse a device string torch does not know (``auto``, ``cpu``, ``cuda``, ``cuda:1``)."""
+    if name == "auto":
+        return
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(
+            f"device {name!r} is not a device (auto, cpu, cuda, cuda:N): {exc}"
+        ) from None
+
+
+#: Options that may differ between a run and its ``--resume`` (everything else must match
+#: the checkpoint's config): how long to train, where the folder now is, how often to
+#: checkpoint, and how to run (threads, device, progress bar). A changed device or number of
+#: threads can change results in the last bits; more epochs extend the learning-rate
+#: schedule (and the annealed scheduler) from the resumed step on.
+RESUMABLE = frozenset(
+    {
+        "epochs",
+        "out_dir",
+        "resume",
+        "overwrite",
+        "progress",
+        "threads",
+        "device",
+        "checkpoint_every",
+    }
+)
+_NOT_OPTIONS = frozenset({"resume", "overwrite", "out_dir"})  # resumable, but not worth naming
+#: How an option is named in messages where it is not ``--`` + its name.
+_OPTION_NAMES = {
+    "files": "--file",
+    "task_options": "task options (--quora-*, --sts-*, --dropout, --task-arg)",
+    "strategy_options": "--strategy-arg",
+    "scheduler_options": "--scheduler-arg",
+    "progress": "--no-progress",
+    "init": "--init",
+}
+
+
+def option_name(field_name: str) -> str:
+    """The command-line name of a :class:`TrainConfig` field (``head_lr`` -> ``--head-lr``)."""
+    return _OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def _plain(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """A config as JSON values (tuples become lists: saved and new configs compare)."""
+    values = asdict(config) if isinstance(config, TrainConfig) else dict(config)
+    return json.loads(json.dumps(values))  # type: ignore[no-any-return]
+
+
+def resume_differences(
+    saved: TrainConfig | Mapping[str, Any], new: TrainConfig | Mapping[str, Any]
+) -> list[str]:
+    """``--lr 5e-05 -> 1.0`` for each option outside :data:`RESUMABLE` that differs (an
+    option missing from an older config counts as its default)."""
+    old, now = _plain(saved), _plain(new)
+    defaults = _plain(TrainConfig())
+    out = []
+    for f in fields(TrainConfig):
+        if f.name in RESUMABLE:
+            continue
+        a, b = old.get(f.name, defaults[f.name]), now.get(f.name, defaults[f.name])
+        if a != b:
+            out.append(f"{option_name(f.name)} {a!r} -> {b!r}")
+    return out
+
+
 @dataclass
 class Run:
     """What :func:`train` returns."""
@@ -132,9 +260,16 @@ class Run:
 
 # ------------------------------------------------------------------------------ set-up
 def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA if present, else the CPU; a CUDA device that is not there is refused."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    check_device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise ConfigError(f"device {name!r}: this machine has {count} CUDA device(s)")
+    return device
 
 
 def setup_device(cfg: TrainConfig) -> tuple[torch.device, int, int]:
@@ -155,32 +290,78 @@ def setup_device(cfg: TrainConfig) -> tuple[torch.device, int, int]:
 
 def build_model(cfg: TrainConfig, tasks: list[Task]) -> tuple[MultitaskBert, BertTokenizer]:
     """The tokenizer, and the encoder (pretrained or tiny random) with the tasks' heads."""
-    tokenizer = BertTokenizer.from_folder(cfg.weights, max_length=cfg.max_length)
-    if cfg.init == "tiny-random":
-        config = BertConfig.tiny(
-            vocab_size=tokenizer.vocab_size, max_position_embeddings=cfg.max_length
+    with user_errors():
+        tokenizer = BertTokenizer.from_folder(cfg.weights, max_length=cfg.max_length)
+        if cfg.init == "tiny-random":
+            if cfg.max_length > TINY_MAX_POSITIONS:
+                raise ConfigError(
+                    f"max_length {cfg.max_length} exceeds {TINY_MAX_POSITIONS}, the most "
+                    f"positions a tiny-random encoder gets"
+                )
+            config = BertConfig.tiny(
+                vocab_size=tokenizer.vocab_size, max_position_embeddings=cfg.max_length
+            )
+            encoder = BertModel(config)
+        else:
+            encoder, config, _ = load_pretrained(cfg.weights)
+    source = "the embedded model" if cfg.weights is None else cfg.weights
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ConfigError(
+            f"the vocabulary of {source} has {tokenizer.vocab_size} tokens but its embedding "
+            f"table has {config.vocab_size} rows: the weights and vocab.txt do not belong "
+            f"together"
         )
-        encoder = BertModel(config)
-    else:
-        encoder, _, _ = load_pretrained(cfg.weights)
+    if cfg.max_length > config.max_position_embeddings:
+        raise ConfigError(
+            f"max_length {cfg.max_length} exceeds the position table of {source} "
+            f"({config.max_position_embeddings} positions)"
+        )
+    if config.type_vocab_size < 2 and any(t.pair_mode == "cross" for t in tasks):
+        raise ConfigError(
+            f"{source} has {config.type_vocab_size} token type(s): the cross-encoder pairs of "
+            f"{', '.join(t.name for t in tasks if t.pair_mode == 'cross')} need 2"
+        )
     if cfg.fine_tune == "last-linear-layer":
         encoder.requires_grad_(False)
     return MultitaskBert(encoder, tasks, cfg.pooling), tokenizer
 
 
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Missing or bad data and weight files become :class:`ConfigError` (one line)."""
+    try:
+        yield
+    except (DataError, WeightsError, FileNotFoundError, NotADirectoryError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def split_path(cfg: TrainConfig, task: str, split: str) -> Path:
+    """The file of a task's split: ``cfg.files["{task}-{split}"]``, else
+    ``{task}-{split}.csv`` in the data folder (default: the shipped files)."""
+    key = f"{task}-{split}"
+    if key in cfg.files:
+        return Path(cfg.files[key])
+    return dataset_path(task, split, cfg.data_dir)  # type: ignore[arg-type]
+
+
 def load_split(
     cfg: TrainConfig, tasks: list[Task], split: str, limit: int | None
 ) -> list[ExampleDataset[Any]]:
-    """Each task's ``split``: the file ``cfg.files["{task}-{split}"]``, else
-    ``{task}-{split}.csv`` in the data folder (default: the shipped files)."""
+    """Each task's ``split`` (:func:`split_path`).
+
+    Raises:
+        ConfigError: a file is missing or unreadable, or has no usable rows.
+    """
     datasets = []
     for task in tasks:
-        key = f"{task.name}-{split}"
-        if key in cfg.files:
-            path = Path(cfg.files[key])
-        else:
-            path = dataset_path(task.name, split, cfg.data_dir)  # type: ignore[arg-type]
-        datasets.append(ExampleDataset(task.read(path, strict=cfg.strict_data, limit=limit)))
+        path = split_path(cfg, task.name, split)
+        with user_errors():
+            examples = task.read(path, strict=cfg.strict_data, limit=limit)
+        if not examples:
+            raise ConfigError(
+                f"the {split} split of {task.name} is empty: {path} has no usable rows"
+            )
+        datasets.append(ExampleDataset(examples))
     return datasets
 
 
@@ -278,20 +459,141 @@ def train_step(
     return [float(x.detach()) for x in losses]
 
 
+# ------------------------------------------------------------------------------ the run folder
+#: What a run writes to its folder (``--overwrite`` removes these and refuses other files).
+RUN_FILES = frozenset(
+    {"latest.pt", "best.pt", "config.json", "history.json", "curves.png", "dev-predictions", "eval"}
+)
+
+
+def _is_run_file(name: str) -> bool:
+    return name in RUN_FILES or name.endswith("-confusion.txt")
+
+
+def open_run_folder(cfg: TrainConfig) -> RunLock:
+    """Lock the run folder and check it suits the run; returns the held lock.
+
+    A new run needs an empty (or new) folder, or ``overwrite`` (then the previous run's
+    files are removed; a folder with other files is refused). ``resume`` needs the folder's
+    ``latest.pt``. Temporary files that killed writers left are removed.
+
+    Raises:
+        RunFolderError: the folder is in use by another run, holds a run (or other files),
+            or has no checkpoint to resume.
+    """
+    out = Path(cfg.out_dir)
+    missing = RunFolderError(
+        f"--resume: there is no checkpoint to resume in {out} ({out / 'latest.pt'} does not "
+        f"exist); start a new run without --resume"
+    )
+    if cfg.resume and not out.is_dir():
+        raise missing  # (without creating the folder)
+    lock = RunLock(out).acquire()
+    try:
+        remove_stale_temporaries(out)
+        present = sorted(p.name for p in out.iterdir() if p.name != lock.path.name)
+        if cfg.resume:
+            if not (out / "latest.pt").is_file():
+                raise missing
+        elif present and not cfg.overwrite:
+            shown = ", ".join(present[:6]) + (", ..." if len(present) > 6 else "")
+            what = "holds a run" if "config.json" in present else "is not empty"
+            raise RunFolderError(
+                f"{out} {what} ({shown}): continue its run with --resume, replace it with "
+                f"--overwrite, or choose another --out-dir"
+            )
+        elif present:  # overwrite: remove the previous run's files, and only those
+            foreign = [name for name in present if not _is_run_file(name)]
+            if foreign:
+                raise RunFolderError(
+                    f"--overwrite replaces a run folder, and {out} also holds "
+                    f"{', '.join(foreign[:6])}: move those away or choose another --out-dir"
+                )
+            for name in present:
+                path = out / name
+                try:
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+                except OSError as exc:
+                    raise RunFolderError(f"--overwrite: could not remove {path}: {exc}") from exc
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _on_rank0(rank: int, world: int, fn: Any) -> Any:
+    """``fn()`` on rank 0; a :class:`RunError` there is raised on every rank (no rank waits
+    forever in a collective call)."""
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except RunError as exc:
+            error = exc
+    if world > 1:
+        import torch.distributed as dist
+
+        box = [None if error is None else str(error)]
+        dist.broadcast_object_list(box, src=0)
+        if error is None and box[0] is not None:
+            raise RunFolderError(box[0])
+    if error is not None:
+        raise error
+    return result
+
+
 # ------------------------------------------------------------------------------ the run
 def train(cfg: TrainConfig) -> Run:
-    """Train (or, with ``cfg.resume``, continue) the run ``cfg`` describes."""
+    """Train (or, with ``cfg.resume``, continue) the run ``cfg`` describes.
+
+    Everything that can be checked before training is, in this order: the options
+    (:class:`TrainConfig`), the run folder (lock, empty or ``overwrite``, ``resume``'s
+    checkpoint and its options), the model's tables against the tokenizer and
+    ``max_length``, and the data files (none may be empty). The folder's lock is held until
+    the run ends.
+
+    Raises:
+        RunError: a problem the user can fix (one sentence; the CLI prints it as one line).
+    """
     # ---- device and process group
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device, rank, world = setup_device(cfg)
+    lock = _on_rank0(rank, world, lambda: open_run_folder(cfg))
+    try:
+        return _train(cfg, device, rank, world)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run:
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
 
     def log(message: str) -> None:
         if rank == 0:
             tqdm.write(message, file=sys.stderr)
+
+    # ---- resume: the checkpoint, and the options it was written with
+    latest = out / "latest.pt"
+    state: dict[str, Any] | None = None
+    if cfg.resume:
+        state = load_checkpoint(latest, kind="latest")
+        try:
+            saved = json.loads(state["config"])
+        except (KeyError, TypeError, ValueError):
+            raise ResumeError(f"{latest} does not hold the options of its run") from None
+        changed = resume_differences(saved, cfg)
+        if changed:
+            may = ", ".join(sorted(option_name(n) for n in RESUMABLE - _NOT_OPTIONS))
+            raise ResumeError(
+                f"--resume continues the run in {out} with its own options, and these differ: "
+                f"{'; '.join(changed)} (only {may} may change: start a new run for others)"
+            )
 
     # ---- model: the encoder, then each task's head (in task order: the seeded RNG)
     tasks = cfg.task_records()
@@ -310,6 +612,10 @@ def train(cfg: TrainConfig) -> Run:
     loader = build_loader(cfg, tasks, train_sets, tokenizer, rank)
     scheduler = loader.scheduler
     steps = len(loader)  # per epoch
+    if steps < 1:
+        raise ConfigError(
+            f"an epoch of this run has no steps (train sizes {[len(d) for d in train_sets]})"
+        )
 
     # ---- strategy and engine: per-task gradients of the encoder -> one update
     strategy = build_strategy(cfg, len(tasks), device)
@@ -344,13 +650,12 @@ def train(cfg: TrainConfig) -> Run:
     loss_log: list[list[float]] = []
     best = -math.inf
     config = json.dumps(asdict(cfg))
-    latest = out / "latest.pt"
-    if cfg.resume and latest.is_file():
-        state = load_checkpoint(latest)
+    if state is not None:
         restore(state, parts, own, rank=rank, world=world)
         history = json.loads(state["history"])
         loss_log = [list(x) for x in state["loss_log"]]
         best = float(state["best"])
+        del state
         if engine is not None:  # step numbers in NonFiniteError messages go on
             engine.step_count = scheduler.step
         log(f"resumed from {latest} at step {scheduler.step}")
@@ -361,7 +666,7 @@ def train(cfg: TrainConfig) -> Run:
 
     # ---- the loop
     if rank == 0:
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        write_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2).encode())
     log(
         f"miniBERT multitask: strategy={strategy!r} scheduler={cfg.scheduler} device={device} "
         f"train sizes={[len(d) for d in train_sets]} steps/epoch={steps} epochs={cfg.epochs}"

@@ -149,12 +149,14 @@ def test_killed_mid_epoch_then_resumed_is_bit_identical(
     assert STEPS_PER_EPOCH < killed_at < EPOCHS * STEPS_PER_EPOCH, seen
     assert killed_at % STEPS_PER_EPOCH != 0  # mid-epoch
     assert all(s % 3 == 0 for s in seen), seen
-    # a kill during a write leaves a partial temporary file: it must not matter
-    (run / "latest.pt.tmp").write_bytes(b"PK\x03\x04 partial write")
+    # a kill during a write leaves a partial temporary file: it must not matter, and the
+    # resumed run (holding the folder's lock: no writer is alive) removes it
+    stale = sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp"))
+    (run / ".latest.pt.k1ll3d.tmp").write_bytes(b"PK\x03\x04 partial write")
 
     assert main([*ARGS, "--out-dir", str(run), "--resume"]) == 0  # here, to save a start-up
     assert f"at step {killed_at}" in capsys.readouterr().err
-    assert not (run / "latest.pt.tmp").exists()
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")], stale
     _assert_same_run(run, reference)
 
 
@@ -208,19 +210,19 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     path = tmp_path / "latest.pt"
     checkpoint_mod.save_atomic({"step": torch.tensor(1)}, path)
 
-    def dies_mid_write(obj: Any, fh: Any) -> None:
+    def dies_mid_write(fh: Any, chunk: Any) -> None:
         fh.write(b"PK\x03\x04 half a checkpoint")
         raise KeyboardInterrupt  # killed during the write
 
     with monkeypatch.context() as m:
-        m.setattr(checkpoint_mod.torch, "save", dies_mid_write)
+        m.setattr(checkpoint_mod, "_write_chunk", dies_mid_write)
         with pytest.raises(KeyboardInterrupt):
             checkpoint_mod.save_atomic({"step": torch.tensor(2)}, path)
-    assert (tmp_path / "latest.pt.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]  # no partial file left
     assert int(load_checkpoint(path)["step"]) == 1  # the previous checkpoint, intact
-    checkpoint_mod.save_atomic({"step": torch.tensor(3)}, path)  # a stale .tmp is overwritten
+    checkpoint_mod.save_atomic({"step": torch.tensor(3)}, path)
     assert int(load_checkpoint(path)["step"]) == 3
-    assert not (tmp_path / "latest.pt.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
 
 
 def test_resume_needs_the_same_number_of_processes(small_reference: Path, tmp_path: Path) -> None:
@@ -231,5 +233,5 @@ def test_resume_needs_the_same_number_of_processes(small_reference: Path, tmp_pa
     own = {k: state[k] for k in ("loader", "rng_cpu", "rng_cuda")}
     checkpoint_mod.save_atomic({**state, "ranks": [own, own]}, tmp_path / "latest.pt")
     args = build_parser().parse_args([*SMALL, "--out-dir", str(tmp_path), "--resume"])
-    with pytest.raises(ValueError, match="written by 2 process"):
+    with pytest.raises(checkpoint_mod.ResumeError, match="written by 2 process"):
         train_mod.train(config_from_args(args))

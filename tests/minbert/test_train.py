@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import pickle
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from examples.minbert.checkpoint import load_checkpoint
+from examples.minbert.checkpoint import MAGIC, CheckpointError, load_checkpoint, save_atomic
 from examples.minbert.cli import build_parser, config_from_args, main
 from examples.minbert.tasks import best_threshold
 from examples.minbert.train import TrainConfig, build_loader, build_model, load_split, train
@@ -226,23 +227,34 @@ class _Payload:
         return (os.mkdir, (str(self.marker),))
 
 
-@pytest.mark.parametrize("fmt", ["torch.save", "raw-pickle"])
+@pytest.mark.parametrize("fmt", ["torch.save", "raw-pickle", "with-header"])
 def test_malicious_checkpoint_is_refused(tmp_path: Path, fmt: str) -> None:
+    """A pickle that runs code when loaded: refused, whether it comes as a plain torch file,
+    a raw pickle, or inside a checkpoint header with a matching SHA-256 (the payload is
+    still read with ``weights_only=True``: a checksum is no proof of a safe file)."""
     marker = tmp_path / "pwned"
     path = tmp_path / "latest.pt"
     payload = {"model": _Payload(marker), "optimizer": {}}
     if fmt == "torch.save":
         torch.save(payload, path)
-    else:
+    elif fmt == "raw-pickle":
         path.write_bytes(pickle.dumps(payload, protocol=2))
-    with pytest.raises(pickle.UnpicklingError):
+    else:
+        save_atomic(payload, path)
+    with pytest.raises(CheckpointError, match=str(path)) as info:
         load_checkpoint(path)
     assert not marker.exists()
+    assert "weights_only" not in str(info.value)
+    if fmt == "with-header":
+        assert "posix.mkdir" in str(info.value) and "refused" in str(info.value)
     # a plain unpickler would run it: the file is a real attack
     if fmt == "torch.save":
         torch.load(path, weights_only=False)
-    else:
+    elif fmt == "raw-pickle":
         pickle.loads(path.read_bytes())
+    else:
+        data = path.read_bytes()
+        torch.load(io.BytesIO(data[data.index(b"\n", len(MAGIC)) + 1 :]), weights_only=False)
     assert marker.is_dir()
 
 
