@@ -7,7 +7,8 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from mtlkit.strategies._kspace import RIDGE, as_weights, normalise, solve_qp
+from mtlkit._checks import check_int, check_real
+from mtlkit.strategies._kspace import RIDGE, as_weights, dual_cone_weights, normalise, solve_qp
 from mtlkit.strategies.base import GramianStrategy, register
 
 __all__ = ["CAGrad"]
@@ -183,28 +184,42 @@ class CAGrad(GramianStrategy):
     solver's tolerance); the paper proves convergence to a stationary point of the
     *average* loss for 0 ≤ c < 1. It is not non-conflicting in general.
 
-    Edge cases (not in the paper): if :math:`g_0 = 0`, or if :math:`g_{w^\star} \approx 0`
-    (0 in the hull: :math:`\lVert g_{w^\star}\rVert \le 10^{-5}\sum_i w^\star_i\lVert
-    g_i\rVert`, where its direction is below the solver's precision) the update is
-    :math:`g_0`; a zero row makes :math:`g_w = 0` feasible, so the update is :math:`g_0`
-    unless the other rows reach a negative dual value; with K = 1 the weight is 1 (the
-    paper's formula would give :math:`(1 + c)g`).
+    When the dual's minimiser has :math:`g_{w^\star} = 0` (0 in the convex hull of the
+    rows, or a zero row) the formula above is undefined, and :math:`g_0` is not a solution
+    in general. The primal problem, :math:`\max_d \min_i g_i^\top d` subject to
+    :math:`\lVert d - g_0\rVert \le c\lVert g_0\rVert`, then has the value 0 (strong
+    duality; and :math:`\min_i g_i^\top d \le \sum_i w^\star_i g_i^\top d = 0` for every
+    d), and its maximisers are the points of the ball in the dual cone
+    :math:`\{d : g_i^\top d \ge 0\ \forall i\}`. The update is the one closest to
+    :math:`g_0`: the projection of :math:`g_0` onto the dual cone (a K x K quadratic
+    program, that of :class:`~mtlkit.strategies.dualproj.DualProj`).
+    E.g. ``J = [[1, 0], [-1, 0], [0.5, 1]]``, c = 0.9: :math:`g_0 = (1/6, 1/3)` conflicts
+    with task 1, the update is :math:`(0, 1/3)`. This branch is taken when
+    :math:`\lVert g_{w^\star}\rVert \le 10^{-5}\sum_i w^\star_i\lVert g_i\rVert` (below
+    that the direction of :math:`g_{w^\star}` is below the solver's precision); there
+    both the formula (if :math:`g_{w^\star} \ne 0`) and the projection (pulled back into
+    the ball if rounding left it outside) are evaluated on the primal objective and the
+    better one is kept, the projection on a tie.
+
+    Edge cases (not in the paper): if :math:`g_0 = 0` the ball is a point and the update
+    is :math:`g_0 = 0`; with K = 1 the weight is 1 (the paper's formula would give
+    :math:`(1 + c)g`).
 
     Args:
-        c: the radius factor :math:`c \ge 0`.
+        c: the radius factor, finite, :math:`c \ge 0`.
         rescale: divide the update by :math:`1 + c`. Since
             :math:`\lVert d\rVert \le (1 + c)\lVert g_0\rVert`, the rescaled update is never
             longer than the mean gradient, so the learning rate keeps its meaning across c.
             The paper's Algorithm 1 does not rescale (default).
-        max_iter: iteration cap of the search for λ.
+        max_iter: iteration cap of the search for λ (>= 1).
     """
 
     def __init__(self, c: float = 0.5, rescale: bool = False, max_iter: int = 100) -> None:
-        if not c >= 0:
-            raise ValueError(f"c must be >= 0, got {c}")
-        self.c = float(c)
+        self.c = check_real("c", c, low=0.0)
+        if not isinstance(rescale, bool):
+            raise TypeError(f"rescale must be True or False, got {rescale!r}")
         self.rescale = rescale
-        self.max_iter = max_iter
+        self.max_iter = check_int("max_iter", max_iter, 1)
 
     def solve_dual(self, gram: Array) -> Array:
         """Return :math:`w^\\star` (on the simplex) for a float64 Gramian.
@@ -249,13 +264,52 @@ class CAGrad(GramianStrategy):
         w = self.solve_dual(0.5 * (g + g.T))
         y = w * n  # w_i ‖g_i‖: ‖g_w‖² = yᵀCy, with no overflow or underflow
         gw_norm = float(np.sqrt(max(float(y @ full_cos @ y), 0.0)))
-        if gw_norm > 1e-5 * float(y.sum()):
-            out = mean_w + self.c * g0_norm / gw_norm * w
+        formula = mean_w + self.c * g0_norm / gw_norm * w if gw_norm > 0 else None
+        if formula is not None and gw_norm > 1e-5 * float(y.sum()):
+            out = formula
         else:
-            out = mean_w
+            out = _zero_in_hull(full_cos, n, norm.live, g0_norm, self.c, formula)
         if self.rescale:
             out = out / (1.0 + self.c)
         return as_weights(out, gram)
 
     def __repr__(self) -> str:
         return f"CAGrad(c={self.c}, rescale={self.rescale})"
+
+
+def _primal_value(cos: Array, norms: Array, v: Array) -> float:
+    r""":math:`\min_i g_i^\top d` for :math:`d = v^\top J` (from the norms and cosines)."""
+    return float((norms * (cos @ (v * norms))).min())
+
+
+def _zero_in_hull(
+    cos: Array,
+    norms: Array,
+    live: NDArray[np.bool_],
+    g0_norm: float,
+    c: float,
+    formula: Array | None,
+) -> Array:
+    r"""Weights of a primal maximiser when the dual's :math:`g_{w^\star}` is (nearly) 0.
+
+    The projection of :math:`g_0` onto the dual cone (pulled back into the ball of radius
+    :math:`c\lVert g_0\rVert` around :math:`g_0` if rounding left it outside), unless the
+    dual formula's weights ``formula`` reach a better primal value (by more than 1e-12 of
+    the largest possible :math:`|g_i^\top d|`).
+    """
+    radius = c * g0_norm
+    k = norms.shape[0]
+    mean_w = np.full(k, 1.0 / k)
+    proj: Array = mean_w.copy()
+    n = norms[live]
+    proj[live] = dual_cone_weights(cos[np.ix_(live, live)], n / k) / n
+    z = (proj - mean_w) * norms
+    dist = float(np.sqrt(max(float(z @ cos @ z), 0.0)))
+    if dist > radius:
+        proj = np.asarray(mean_w + radius / dist * (proj - mean_w), dtype=np.float64)
+    if formula is None:
+        return proj
+    scale = float(norms.max()) * (g0_norm + radius)
+    if _primal_value(cos, norms, formula) > _primal_value(cos, norms, proj) + 1e-12 * scale:
+        return formula
+    return proj
