@@ -65,6 +65,8 @@ __all__ = [
     "RunError",
     "RunFolderError",
     "RunLock",
+    "FullModelState",
+    "FullOptimizerState",
     "Stateful",
     "WriteError",
     "load_checkpoint",
@@ -447,8 +449,9 @@ def save_latest(
 
         ranks = [None] * world
         dist.all_gather_object(ranks, mine)
+    # every rank: a sharded part gathers its whole state (a collective); others are cheap
+    state = {name: part.state_dict() for name, part in shared.items()}
     if rank == 0:
-        state = {name: part.state_dict() for name, part in shared.items()}
         state.update(mine)
         state.update(progress)
         if ranks:
@@ -485,6 +488,58 @@ def restore(
         torch.cuda.set_rng_state_all(mine["rng_cuda"])
 
 
-def save_best(path: Path, model: nn.Module, **info: Any) -> None:
-    """The model's weights and ``info`` (config, epoch, dev scores) to ``path``."""
-    save_atomic({"model": model.state_dict(), **info}, path, kind="best")
+def save_best(path: Path, weights: Mapping[str, Any], **info: Any) -> None:
+    """The model's weights (its whole ``state_dict``) and ``info`` (config, epoch, dev
+    scores) to ``path``."""
+    save_atomic({"model": dict(weights), **info}, path, kind="best")
+
+
+class FullModelState:
+    """The whole state of an FSDP2-sharded model, as one process would have it.
+
+    :meth:`state_dict` gathers the shards (a collective: every rank calls it; rank 0
+    receives the tensors, on the CPU) and :meth:`load_state_dict` shards a whole state
+    dict back, so a checkpoint of a sharded run is the same file as a checkpoint of a
+    one-process run (``torch.distributed.checkpoint.state_dict``).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(self.model, options=_full_state())
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        set_model_state_dict(self.model, dict(state), options=_full_state(load=True))
+
+
+class FullOptimizerState:
+    """The whole state of an optimizer over FSDP2-sharded parameters (as
+    :class:`FullModelState`; keys are the parameters' names)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return dict(get_optimizer_state_dict(self.model, self.optimizer, options=_full_state()))
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(
+            self.model, self.optimizer, dict(state), options=_full_state(load=True)
+        )
+
+
+def _full_state(load: bool = False) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    if load:  # every rank read the file: each takes its shard from the whole tensors
+        return StateDictOptions(full_state_dict=True)
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)

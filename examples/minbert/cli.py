@@ -251,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="torch.distributed data parallel (launch with torchrun)",
     )
+    tr.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="FSDP2: shard the model over the processes (launch with torchrun)",
+    )
 
     ev = sub.add_parser("evaluate", help="score a checkpoint on dev files (or any in the format)")
     ev.add_argument("checkpoint", help="best.pt or latest.pt of a run")
@@ -429,7 +434,7 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as err:  # the tasks' option checks raise these too
         raise ConfigError(str(err)) from err
     run = train(cfg)
-    if cfg.distributed:
+    if cfg.distributed or cfg.fsdp:
         import torch.distributed as dist
 
         if dist.is_initialized():

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import mtlkit
@@ -36,10 +36,13 @@ from mtlkit.schedulers import DynamicBatchAllocation, MultiTaskLoader
 from . import evaluate, report
 from .checkpoint import (
     ConfigError,
+    FullModelState,
+    FullOptimizerState,
     ResumeError,
     RunError,
     RunFolderError,
     RunLock,
+    Stateful,
     load_checkpoint,
     remove_stale_temporaries,
     restore,
@@ -97,7 +100,8 @@ class TrainConfig:
     resume: bool = False  # continue the run in out_dir from its latest.pt
     overwrite: bool = False  # replace the run in out_dir (its files are removed)
     progress: bool = True
-    distributed: bool = False
+    distributed: bool = False  # data parallel: every rank holds the whole model
+    fsdp: bool = False  # sharded: FSDP2, every rank holds a shard of the model
 
     def __post_init__(self) -> None:
         """Check every option that does not need a file: a bad value fails here, before a
@@ -127,6 +131,8 @@ class TrainConfig:
         if not _is_number(ratio) or not 0 <= ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {ratio!r}")
         check_device(self.device)
+        if self.distributed and self.fsdp:
+            raise ConfigError("distributed and fsdp exclude each other: choose one layout")
         if self.resume and self.overwrite:
             raise ConfigError(
                 "resume and overwrite exclude each other: continue a run or replace it"
@@ -276,7 +282,7 @@ def setup_device(cfg: TrainConfig) -> tuple[torch.device, int, int]:
     """The device, and this process's rank and the world size (data-parallel runs are
     launched by torchrun: one process, and one GPU, per rank)."""
     device = resolve_device(cfg.device)
-    if not cfg.distributed:
+    if not (cfg.distributed or cfg.fsdp):
         return device, 0, 1
     import torch.distributed as dist
 
@@ -324,6 +330,25 @@ def build_model(cfg: TrainConfig, tasks: list[Task]) -> tuple[MultitaskBert, Ber
     if cfg.fine_tune == "last-linear-layer":
         encoder.requires_grad_(False)
     return MultitaskBert(encoder, tasks, cfg.pooling), tokenizer
+
+
+def shard_model(model: MultitaskBert) -> None:
+    """FSDP2: shard every module the loop calls on its own (the embeddings, each
+    transformer layer, the pooler when it is trained, each linear layer of the heads),
+    so that FSDP gathers a module's parameters when it runs and reduce-scatters their
+    gradients after. mtlkit's engine sees sharded shared parameters and keeps only this
+    rank's shard of J."""
+    from torch.distributed.fsdp import fully_shard
+
+    encoder = model.encoder
+    fully_shard(encoder.embeddings)
+    for layer in encoder.encoder.layer:
+        fully_shard(layer)
+    if any(p.requires_grad for p in encoder.pooler.parameters()):
+        fully_shard(encoder.pooler)
+    for module in model.heads.modules():
+        if isinstance(module, nn.Linear):
+            fully_shard(module)
 
 
 @contextlib.contextmanager
@@ -600,11 +625,13 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
     names = [task.name for task in tasks]
     model, tokenizer = build_model(cfg, tasks)
     model.to(device)
-    if cfg.distributed:
+    if cfg.distributed or cfg.fsdp:
         from mtlkit.distributed import broadcast_parameters
 
-        broadcast_parameters(model)
+        broadcast_parameters(model)  # every rank starts from rank 0's parameters
         torch.manual_seed(cfg.seed + 1000 * rank)  # other dropout masks on each rank
+    if cfg.fsdp:
+        shard_model(model)
 
     # ---- data, task scheduler and loader
     train_sets = load_split(cfg, tasks, "train", cfg.train_limit)
@@ -639,9 +666,10 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
     )
 
     # ---- resume: every stateful part, the RNG and the progress so far
+    model_state: Stateful = FullModelState(model) if cfg.fsdp else model
     parts = {
-        "model": model,
-        "optimizer": optimizer,
+        "model": model_state,
+        "optimizer": FullOptimizerState(model, optimizer) if cfg.fsdp else optimizer,
         "lr_schedule": lr_schedule,
         "strategy": strategy,
     }
@@ -726,11 +754,14 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
         history.append(row)
         if isinstance(scheduler, DynamicBatchAllocation):  # more examples for lagging tasks
             scheduler.update(evaluate.task_scores(tasks, dev))
-        if dev["overall"] > best and rank == 0:
+        if dev["overall"] > best:  # the same on every rank: each scored the same sets
             best = dev["overall"]
-            save_best(out / "best.pt", model, config=config, epoch=epoch + 1, dev=json.dumps(dev))
-            report.write_predictions(out / "dev-predictions", tasks, dev_sets, dev_results)
-            report.save_confusions(out, tasks, dev_results)
+            weights = model_state.state_dict()  # FSDP: gathered (every rank takes part)
+            if rank == 0:
+                info = {"config": config, "epoch": epoch + 1, "dev": json.dumps(dev)}
+                save_best(out / "best.pt", weights, **info)
+                report.write_predictions(out / "dev-predictions", tasks, dev_sets, dev_results)
+                report.save_confusions(out, tasks, dev_results)
         checkpoint()
         log(report.format_table(history, names))
 
