@@ -21,24 +21,34 @@ Two loop styles are supported:
   which falls back to the loop by itself when the graph does not support it.
 
 The combined update is *added* into the shared parameters' ``.grad``, so gradient
-accumulation over micro-batches works as with ``loss.backward()``. A shared parameter
-that a task does not reach counts as a zero gradient for that task.
+accumulation over micro-batches works as with ``loss.backward()`` (the strategy then acts
+on each micro-batch); with ``TaskGradients(..., accumulate=True)`` the micro-batches of a
+task add into its row of J instead, and the strategy acts once on the whole batch.
+
+``.grad`` follows autograd's conventions: a shared parameter that a task does not reach
+counts as a zero gradient for that task (a zero column of J), and a shared parameter that
+no task reached in a step, or that is frozen (``requires_grad=False``) when the update is
+written, keeps its ``.grad`` untouched (``None`` stays ``None``), as after
+``sum(losses).backward()``. Which parameters a step reached is recorded by one
+post-accumulate-grad hook per parameter.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 from mtlkit import distributed
 from mtlkit._guard import NonFiniteError, NonFiniteGuard, NonFinitePolicy, all_finite
-from mtlkit._linalg import gramian
+from mtlkit._linalg import autocast_off, gramian
 from mtlkit.diagnostics import GradientStats
 from mtlkit.strategies.base import GramianStrategy, LossWeighting, Strategy
 
@@ -60,12 +70,79 @@ def _as_loss_list(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:
     return [loss.reshape(()) for loss in out]
 
 
+class _Reach:
+    """Which shared parameters a task's backward reached in this step.
+
+    Set by one post-accumulate-grad hook per parameter (:func:`_reach_hook`), only while
+    the engine runs a task's backward (``active``). The hooks hold this object, never the
+    engine, so an engine that goes away takes its hooks with it.
+    """
+
+    __slots__ = ("active", "flags")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.flags: list[bool] = []
+
+
+def _reach_hook(reach: _Reach, index: int) -> Callable[[Tensor], None]:
+    def hook(_: Tensor) -> None:
+        if reach.active:
+            reach.flags[index] = True
+
+    return hook
+
+
+def _remove_hooks(handles: list[Any]) -> None:
+    for handle in handles:
+        if handle is not None:
+            handle.remove()
+    handles.clear()
+
+
+#: What torch says when a ``torch.compile``d backward that donated its buffers is run with
+#: ``retain_graph=True``.
+_DONATED = "donated buffer"
+_DONATED_HELP = (
+    "the losses' graph runs through a torch.compile'd module whose backward was compiled "
+    "to run once (torch's 'donated buffers'), and the per-task gradients of one graph need "
+    "one backward pass per task through it (retain_graph=True). torch compiles the "
+    "backward so only when the first backward through the compiled graph did not retain "
+    "it (e.g. an earlier plain loss.backward()). Either set "
+    "torch._functorch.config.donated_buffer = False before the compiled module's first "
+    "forward; or give each task its own forward (TaskGradients.backward(task, loss) "
+    "without retain_graph: one backward per graph); or compile only the shared encoder and "
+    "combine at its output with mtlkit.SharedFeatures (one backward through the encoder)"
+)
+
+
+@contextmanager
+def _compiled_backward_errors() -> Iterator[None]:
+    """Turn torch's donated-buffer error of a retained compiled backward into advice."""
+    try:
+        yield
+    except RuntimeError as err:
+        if _DONATED in str(err):
+            raise RuntimeError(_DONATED_HELP) from err
+        raise
+
+
 class TaskGradients:
     """Collects per-task gradients of shared parameters and applies a strategy.
 
     Args:
-        shared_params: the parameters every task shares (the encoder). All must be on one
-            device with one floating dtype. Other parameters (task heads) are untouched
+        shared_params: the parameters every task shares (the encoder): an iterable of
+            trainable leaf tensors (``model.encoder.parameters()``), fixed at
+            construction, or an ``nn.Module`` (``model.encoder``; not FSDP2-sharded),
+            whose trainable parameters are read again at every step, so the engine
+            follows parameters that were replaced (``load_state_dict(..., assign=True)``,
+            a re-created layer) or frozen. All must be on one device; floating dtypes may
+            differ (bfloat16 weights with float32 norms): J then takes the widest of
+            them, each row is filled from each parameter's gradient, and the update is
+            written back in each parameter's dtype. Parameters converted or moved in
+            place (``model.double()``, ``model.to(device)``, also with
+            ``torch.__future__.set_swap_module_params_on_conversion(True)``) are followed
+            at the next step in either form. Other parameters (task heads) are untouched
             and get their gradients from autograd as usual.
         strategy: how the rows of J become one update (see :mod:`mtlkit.strategies`).
         num_tasks: K, if known (J is then allocated on the first backward).
@@ -86,56 +163,74 @@ class TaskGradients:
             :func:`mtlkit.distributed.mean_over_ranks` before the strategy sees them, so
             every rank combines the *global* per-task gradients (loss weightings: weights
             from the global losses, shared gradient averaged).
+        accumulate: ``False`` (default): one :meth:`backward` per task between two
+            :meth:`write_grad` calls; for gradient accumulation call :meth:`write_grad`
+            per micro-batch (the strategy acts on each micro-batch and the updates add up
+            in ``.grad``). ``True``: several :meth:`backward` (or :meth:`backward_all`)
+            calls of a task *add* into its row of J, and its losses add up, until one
+            :meth:`write_grad` combines the whole batch: pass each micro-batch's loss
+            scaled as for ``loss.backward()`` accumulation (``loss / num_micro_batches``
+            for a mean loss), and J and the losses are those of the full batch. A loss
+            weighting then keeps every micro-batch's graph until :meth:`write_grad`
+            backpropagates its weighted loss (no memory saving).
+
+    After :meth:`write_grad`, a shared parameter that no task's backward reached in the
+    step, or that is frozen then, keeps its ``.grad`` as autograd would leave it
+    (``None`` stays ``None``): an optimizer with weight decay or momentum leaves it alone.
+    In a step whose losses have a graph but reach none of the shared parameters,
+    :meth:`write_grad` raises ``RuntimeError``: the parameters were most likely replaced
+    after the engine was built (zero placeholder losses of empty batches,
+    ``torch.zeros((), requires_grad=True)``, are exempt).
     """
 
     def __init__(
         self,
-        shared_params: Iterable[Tensor],
+        shared_params: Iterable[Tensor] | nn.Module,
         strategy: Strategy,
         *,
         num_tasks: int | None = None,
         nonfinite: NonFinitePolicy = "raise",
         scaler: Any | None = None,
         process_group: Any | bool | None = None,
+        accumulate: bool = False,
     ) -> None:
-        params = _check_shared(shared_params)
-        #: FSDP2-sharded parameters (DTensors): J holds this rank's columns only.
-        self.sharded = distributed.is_sharded(params[0])
-        if self.sharded and not isinstance(strategy, (GramianStrategy, LossWeighting)):
-            raise ValueError(
-                f"{type(strategy).__name__} needs every coordinate of the per-task gradients "
-                "(it is not a function of the Gramian), which sharded parameters split across "
-                "ranks: use a Gramian strategy or a loss weighting with FSDP"
-            )
+        #: The module whose parameters are re-read every step (``None``: a fixed list).
+        self.module = shared_params if isinstance(shared_params, nn.Module) else None
+        if isinstance(shared_params, nn.Module):
+            _refuse_fsdp_module(shared_params)
+            params = self._module_params()
+        else:
+            params = _check_shared(shared_params)
         if num_tasks is not None and num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a mtlkit Strategy, got {type(strategy).__name__}")
-        self.params = params
         self.strategy = strategy
         self.guard = NonFiniteGuard(nonfinite, scaler)
         self.process_group = process_group
         self.num_tasks = num_tasks
-        self._locals = [_local(p) for p in params]
-        self.numel = sum(t.numel() for t in self._locals)
-        self.device = self._locals[0].device
-        self.dtype = self._locals[0].dtype
+        self.accumulate = bool(accumulate)
+        self.step_count = 0
+        self._reach = _Reach()
+        self._hooks: list[Any] = []
+        weakref.finalize(self, _remove_hooks, self._hooks)
+        #: FSDP2-sharded parameters (DTensors): J holds this rank's columns only.
+        self.sharded = False
         # How the step becomes global over data-parallel ranks (one of the two, or none):
         # ``_reduce`` averages J (DDP: every rank holds whole gradients); ``_split`` sums
         # the per-rank Gramians of a J whose columns are split over the ranks (FSDP2:
         # each rank holds its shard), with the scale that makes it the global Gramian.
         self._reduce: distributed.Reduction | None = None
         self._split: tuple[Any, float] | None = None
-        if self.sharded:
-            group = _mesh_group(params[0]) if process_group in (None, True) else process_group
-            self._split = (group, 1.0)  # FSDP's reduce-scatter already averaged the rows
-        else:
-            self._reduce = distributed.mean_over_ranks(process_group)
-        self.step_count = 0
         self._jac: Tensor | None = None
         self._row_views: list[list[Tensor]] = []
         #: This step's losses by task (detached, or whole for a loss weighting).
         self._losses: dict[int, Tensor] = {}
+        #: Whether a loss of this step has a graph (not an empty batch's zero leaf).
+        self._has_graph = False
+        #: Whether J still holds the last step's rows (cleared before the first is added).
+        self._stale_rows = True
+        self._set_params(params, first=True)
 
     @property
     def nonfinite(self) -> NonFinitePolicy:
@@ -146,6 +241,99 @@ class TaskGradients:
     def scaler(self) -> Any | None:
         """The ``GradScaler`` given at construction (or ``None``)."""
         return self.guard.scaler
+
+    # ------------------------------------------------------------------ parameters
+    def _module_params(self) -> list[Tensor]:
+        assert self.module is not None
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(
+                f"the shared module ({type(self.module).__name__}) has no trainable "
+                "parameters: pass the module (or the parameters) all tasks share"
+            )
+        return _check_shared(params)
+
+    def _set_params(self, params: list[Tensor], *, first: bool = False) -> None:
+        """(Re)build everything that depends on the shared parameters' objects and layout:
+        J is reallocated at the next backward, and the reach hooks are re-armed."""
+        sharded = distributed.is_sharded(params[0])
+        if sharded and not isinstance(self.strategy, (GramianStrategy, LossWeighting)):
+            raise ValueError(
+                f"{type(self.strategy).__name__} needs every coordinate of the per-task "
+                "gradients (it is not a function of the Gramian), which sharded parameters "
+                "split across ranks: use a Gramian strategy or a loss weighting with FSDP"
+            )
+        self.params = params
+        self._locals = [_local(p) for p in params]
+        self.numel = sum(t.numel() for t in self._locals)
+        self.device = self._locals[0].device
+        #: J's dtype: the widest of the shared parameters' dtypes.
+        self.dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
+        #: Parameters whose gradient autograd accumulates straight into J's row (same
+        #: dtype, not sharded); the others are copied (cast) into it after each backward.
+        self._aliased = [not sharded and p.dtype == self.dtype for p in params]
+        self._layout = _layout_of(params)
+        self._jac = None
+        self._row_views = []
+        if first or sharded != self.sharded:
+            self.sharded = sharded
+            self._reduce, self._split = None, None
+            if sharded:
+                pg = self.process_group
+                group = _mesh_group(params[0]) if pg in (None, True) else pg
+                self._split = (group, 1.0)  # FSDP's reduce-scatter already averaged the rows
+            else:
+                self._reduce = distributed.mean_over_ranks(self.process_group)
+        _remove_hooks(self._hooks)
+        self._hooks.extend(None for _ in params)
+        self._reach.flags = [False] * len(params)
+        self._arm_hooks()
+
+    def _arm_hooks(self) -> None:
+        """A reach hook on every trainable (unsharded) parameter that has none yet."""
+        if self.sharded:  # FSDP sets the sharded .grad itself: reach is read off .grad
+            return
+        for i, p in enumerate(self.params):
+            if self._hooks[i] is None and p.requires_grad:
+                existing = p._post_accumulate_grad_hooks
+                hook = _reach_hook(self._reach, i)
+                self._hooks[i] = p.register_post_accumulate_grad_hook(hook)  # type: ignore[no-untyped-call]
+                if existing is not None:
+                    # torch.utils.swap_tensors (swapping module conversions) leaves the hooks'
+                    # dict on the object but their registration on the swapped-out tensor:
+                    # assigning the dict registers it (and the user's hooks) again
+                    p._post_accumulate_grad_hooks = existing
+
+    def _follow_params(self) -> None:
+        """At a step's first backward: follow replaced (module form), converted or moved
+        shared parameters; later in the step (``write_grad``, or a backward whose
+        ``.grad`` no longer fits), refuse any change."""
+        params = self._module_params() if self.module is not None else self.params
+        same_objects = len(params) == len(self.params) and all(
+            a is b for a, b in zip(params, self.params, strict=True)
+        )
+        if same_objects and _layout_of(params) == self._layout:
+            self._arm_hooks()  # a parameter unfrozen since
+            return
+        if self.module is not None:
+            _refuse_fsdp_module(self.module)
+        if self._losses:
+            self._losses = {}  # the step is lost: the next backward starts a new one
+            raise RuntimeError(
+                "the shared parameters were replaced, converted or moved in the middle of a "
+                "step (between backward() calls or before write_grad()): change them between "
+                "steps only"
+            )
+        self._set_params(params)
+
+    def _begin(self) -> None:
+        """Called at every backward: a new step starts when no loss is pending (one
+        look at the shared parameters per step; ``write_grad`` looks again)."""
+        if not self._losses:
+            self._follow_params()
+            self._reach.flags = [False] * len(self.params)
+            self._has_graph = False
+            self._stale_rows = True
 
     # ------------------------------------------------------------------ buffers
     @property
@@ -164,6 +352,10 @@ class TaskGradients:
                 raise RuntimeError("the number of tasks changed in the middle of a step")
             self._jac = torch.zeros((k, self.numel), dtype=self.dtype, device=self.device)
             self._row_views = [self._views_of(row) for row in self._jac]
+            self._stale_rows = False
+        elif self._stale_rows:
+            self._jac.zero_()
+            self._stale_rows = False
         return self._jac
 
     def _views_of(self, flat: Tensor) -> list[Tensor]:
@@ -178,61 +370,83 @@ class TaskGradients:
             raise IndexError(f"task index {task} is outside 0..{self.num_tasks - 1}")
         return self.num_tasks
 
+    def _keep_loss(self, task: int, loss: Tensor) -> None:
+        """Record a task's loss (summed over the micro-batches of an accumulating step)."""
+        self._has_graph = self._has_graph or loss.grad_fn is not None
+        if self.strategy.needs_jacobian:
+            loss = loss.detach()
+        previous = self._losses.get(task)
+        self._losses[task] = loss if previous is None else previous + loss
+
     # ------------------------------------------------------------------ backward
     def _row_backward(self, task: int, loss: Tensor, retain_graph: bool) -> None:
         """Run ``loss.backward()`` with the shared grads accumulating into row ``task``."""
-        assert self._jac is not None
-        self._jac[task].zero_()
-        with self._grads_into(self._row_views[task]):
+        with self._grads_into(self._row_views[task]), _compiled_backward_errors():
             torch.autograd.backward(loss, retain_graph=retain_graph)
 
     @contextmanager
     def _grads_into(self, views: list[Tensor]) -> Iterator[None]:
-        """Send the shared parameters' gradients of one backward into ``views``.
+        """Add the shared parameters' gradients of one backward into ``views``.
 
         Autograd adds into an existing ``.grad`` in place (first-order backward), so the
-        gradients land in ``views`` with no copy. Sharded parameters get their gradient
-        from FSDP's reduce-scatter instead: their ``.grad`` is cleared before and its local
-        shard copied into ``views`` after. The user's ``.grad`` are put back after.
+        gradients of parameters of J's dtype land in ``views`` with no copy. A parameter of
+        another dtype gets its gradient in ``.grad`` from a cleared one, added (cast) into
+        its view after; so do sharded parameters, from FSDP's reduce-scatter (their local
+        shard). The user's ``.grad`` are put back after. Which parameters the backward
+        reached is recorded (hooks; for sharded ones, whether FSDP wrote a gradient).
         """
         saved = [p.grad for p in self.params]
+        reach = self._reach
         try:
-            for p, view in zip(self.params, views, strict=True):
-                p.grad = None if self.sharded else view
+            try:
+                for p, view, alias in zip(self.params, views, self._aliased, strict=True):
+                    p.grad = view if alias else None
+            except RuntimeError:  # e.g. a dtype changed in the middle of the step
+                self._follow_params()  # raises, saying so, when the parameters changed
+                raise
+            reach.active = True
             yield
-            for p, view in zip(self.params, views, strict=True):
+            for i, (p, view, alias) in enumerate(
+                zip(self.params, views, self._aliased, strict=True)
+            ):
                 grad = p.grad
                 if grad is None:
-                    if self.sharded:  # no task reached this parameter
-                        view.zero_()
-                elif self.sharded:
-                    view.copy_(_local(grad))
-                elif grad is not view:  # replaced (create_graph)
+                    continue
+                if not alias:
+                    view.add_(_local(grad))
+                    if self.sharded:
+                        reach.flags[i] = True
+                elif grad is not view:  # replaced (create_graph): the sum, view included
                     view.copy_(grad)
         finally:
+            reach.active = False
             for p, old in zip(self.params, saved, strict=True):
                 p.grad = old
 
     def backward(self, task: int, loss: Tensor, *, retain_graph: bool = False) -> None:
         """Backpropagate task ``task``'s loss from its own graph (one batch per task).
 
-        The shared parameters' gradient lands in row ``task`` of J; other parameters
+        The shared parameters' gradient lands in row ``task`` of J (added to it, for a
+        further micro-batch of the task with ``accumulate=True``); other parameters
         accumulate into ``.grad`` as usual. The task's graph is freed afterwards unless
         ``retain_graph`` (needed when the tasks share one forward: prefer
         :meth:`backward_all` then).
         """
         k = self._num_tasks_for(task)
-        if task in self._losses:
-            raise RuntimeError(f"task {task} was already backpropagated in this step")
+        if task in self._losses and not self.accumulate:
+            raise RuntimeError(
+                f"task {task} was already backpropagated in this step: call write_grad() "
+                "after each micro-batch, or build the engine with accumulate=True to add "
+                "several micro-batches of a task into its row before one write_grad()"
+            )
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise ValueError(f"loss of task {task} must be a scalar tensor, got {loss!r}")
         loss = loss.reshape(())
-        if not self.strategy.needs_jacobian:
-            self._losses[task] = loss  # backpropagated once, weighted, in write_grad()
-            return
-        self._ensure_buffer(k)
-        self._row_backward(task, loss, retain_graph=retain_graph)
-        self._losses[task] = loss.detach()
+        self._begin()
+        if self.strategy.needs_jacobian:  # (a loss weighting backpropagates in write_grad)
+            self._ensure_buffer(k)
+            self._row_backward(task, loss, retain_graph=retain_graph)
+        self._keep_loss(task, loss)
 
     def backward_all(
         self,
@@ -240,57 +454,85 @@ class TaskGradients:
         *,
         mode: Literal["loop", "batched"] = "loop",
     ) -> None:
-        """Backpropagate K losses that share one graph (one forward for all tasks)."""
+        """Backpropagate K losses that share one graph (one forward for all tasks).
+
+        With ``accumulate=True`` every call adds into J (one call per micro-batch)."""
         items = _as_loss_list(losses)
         k = len(items)
+        if mode not in ("loop", "batched"):
+            raise ValueError(f"mode must be 'loop' or 'batched', got {mode!r}")
         if self.num_tasks is None:
             self.num_tasks = k
         elif self.num_tasks != k:
             raise ValueError(f"expected {self.num_tasks} losses, got {k}")
-        if self._losses:
+        if self._losses and not self.accumulate:
             raise RuntimeError("backward_all after per-task backward in the same step")
-        if not self.strategy.needs_jacobian:
-            self._losses = dict(enumerate(items))
-            return
-        jac = self._ensure_buffer(k)
+        self._begin()
+        if self.strategy.needs_jacobian:
+            self._backward_rows(items, mode)
+        for i, loss in enumerate(items):
+            self._keep_loss(i, loss)
+
+    def _backward_rows(self, items: list[Tensor], mode: str) -> None:
+        k = len(items)
         if mode == "batched" and k > 1 and not self.sharded:  # sharded: the loop
+            stacked = torch.stack(items)
             try:
-                self._batched_backward(items, jac)
+                grads = self._batched_grads(stacked)
             except RuntimeError as err:
+                if _DONATED in str(err):
+                    raise RuntimeError(_DONATED_HELP) from err
                 warnings.warn(
                     f"batched backward is not supported by this graph ({err}); "
                     "falling back to one backward per task",
                     RuntimeWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
             else:
-                self._losses = {i: loss.detach() for i, loss in enumerate(items)}
+                self._write_batched(stacked, grads)
                 return
-        elif mode not in ("loop", "batched"):
-            raise ValueError(f"mode must be 'loop' or 'batched', got {mode!r}")
+        self._ensure_buffer(k)
         for i, loss in enumerate(items):
             self._row_backward(i, loss, retain_graph=i < k - 1)
-        self._losses = {i: loss.detach() for i, loss in enumerate(items)}
 
-    def _batched_backward(self, items: list[Tensor], jac: Tensor) -> None:
-        k = len(items)
-        stacked = torch.stack(items)
+    def _batched_grads(self, stacked: Tensor) -> list[Tensor | None]:
+        """All K rows in one batched backward (``is_grads_batched``), graph retained."""
+        k = stacked.shape[0]
         eye = torch.eye(k, dtype=stacked.dtype, device=stacked.device)
+        live = [i for i, p in enumerate(self.params) if p.requires_grad]
         grads = torch.autograd.grad(
             stacked,
-            self.params,
+            [self.params[i] for i in live],
             grad_outputs=eye,
             is_grads_batched=True,
             retain_graph=True,
             allow_unused=True,
         )
+        by_param: list[Tensor | None] = [None] * len(self.params)
+        for i, g in zip(live, grads, strict=True):
+            by_param[i] = g
+        return by_param
+
+    def _write_batched(self, stacked: Tensor, grads: list[Tensor | None]) -> None:
+        k = stacked.shape[0]
+        add = not self._stale_rows and self._jac is not None and self._jac.shape[0] == k
+        if self._jac is None or self._jac.shape[0] != k:
+            self._ensure_buffer(k)
+        jac = self._jac
+        assert jac is not None
+        self._stale_rows = False
         offset = 0
-        for p, g in zip(self.params, grads, strict=True):
+        for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
             n = p.numel()
-            if g is None:
-                jac[:, offset : offset + n].zero_()
-            else:
-                jac[:, offset : offset + n].copy_(g.reshape(k, n))
+            cols = jac[:, offset : offset + n]
+            if g is not None:
+                self._reach.flags[i] = True
+                if add:
+                    cols.add_(g.reshape(k, n))
+                else:
+                    cols.copy_(g.reshape(k, n))
+            elif not add:
+                cols.zero_()
             offset += n
         # Task-specific parameters: one backward of the sum, with the shared parameters'
         # gradients sent to a scratch row so they do not count twice.
@@ -311,8 +553,19 @@ class TaskGradients:
     def write_grad(self) -> bool:
         """Combine this step's task gradients with the strategy and add them to ``.grad``.
 
+        Only the shared parameters that a task's backward reached in this step and that
+        require grad now receive the update; the others keep their ``.grad`` (as
+        autograd leaves it). The combination runs with autocast off, so the Gramian and
+        the weights keep their precision inside an autocast region.
+
         Returns ``True`` when the update was applied, ``False`` when the step was skipped
         (``nonfinite="skip"``, or a float16 overflow with a scaler).
+
+        Raises:
+            RuntimeError: a task has no backward in this step; the shared parameters
+                were replaced, converted or moved since the step's backward; or the
+                step's losses have a graph that reached none of the shared parameters
+                (most likely they were replaced after the engine was built).
         """
         k = self.num_tasks
         if k is None or not self._losses:
@@ -323,21 +576,54 @@ class TaskGradients:
                 f"tasks {missing} have no backward in this step; call backward(task, loss) "
                 "for every task (use a zero loss for a task with an empty batch)"
             )
+        self._follow_params()  # refuses parameters changed since the step's backward
         losses = torch.stack([self._losses[t] for t in range(k)])
         try:
-            if isinstance(self.strategy, LossWeighting):
-                return self._write_weighted_loss(self.strategy, losses)
-            return self._write_combined(losses)
+            with autocast_off(self.device.type, "cpu"):
+                if isinstance(self.strategy, LossWeighting):
+                    return self._write_weighted_loss(self.strategy, losses)
+                return self._write_combined(losses)
         finally:
             self._losses = {}
             self.step_count += 1
 
-    def _reject(self, what: str) -> bool:
+    def _reached_over_ranks(self, packed: Tensor | None) -> list[bool]:
+        """This step's reached flags, or (data parallel) the ranks' union of them, read
+        from the tail of ``packed`` (reduced with the flags in it)."""
+        if packed is None:
+            return list(self._reach.flags)
+        return [bool(v > 0) for v in packed[-len(self.params) :].tolist()]
+
+    def _flags_tensor(self) -> Tensor:
+        return torch.tensor(self._reach.flags, dtype=torch.float64, device=self.device)
+
+    def _check_reached(self, reached: list[bool], losses: Tensor) -> None:
+        """Raise when a step with real losses reached none of the shared parameters."""
+        if any(reached) or not self._has_graph or not bool(losses.detach().ne(0).any()):
+            return
+        raise RuntimeError(
+            f"step {self.step_count}: the tasks' losses reached none of the engine's "
+            f"{len(self.params)} shared parameters. They were most likely replaced after "
+            "TaskGradients was built (load_state_dict(..., assign=True), a re-created "
+            "encoder, fully_shard, to_empty): build the engine on the new "
+            "model.parameters(), or pass the module itself (TaskGradients(model.encoder, "
+            "...)) so it follows its parameters. Otherwise the shared parameters given are "
+            "not used by these losses."
+        )
+
+    def _write_mask(self, reached: list[bool]) -> list[bool]:
+        """Which shared parameters receive the update: reached and trainable now."""
+        return [r and p.requires_grad for r, p in zip(reached, self.params, strict=True)]
+
+    def _reject(self, what: str, mask: list[bool]) -> bool:
         """A non-finite step: the guard skips it, lets the scaler see inf, or raises."""
+        if not any(mask):  # the scaler must see the inf somewhere
+            mask = [p.requires_grad for p in self.params]
         return self.guard.reject(
             f"step {self.step_count}: {what}",
             lambda: self._add_into_grad(
-                torch.full((self.numel,), float("inf"), dtype=self.dtype, device=self.device)
+                torch.full((self.numel,), float("inf"), dtype=self.dtype, device=self.device),
+                mask,
             ),
         )
 
@@ -346,8 +632,14 @@ class TaskGradients:
         jac = self._jac
         assert jac is not None
         losses = losses.to(torch.float64)
-        if self._reduce is not None:
-            self._reduce(jac, losses)
+        packed = None
+        if self._reduce is not None:  # the reached flags travel with the losses
+            packed = torch.cat([losses.to(self.device), self._flags_tensor()])
+            self._reduce(jac, packed)
+            losses = packed[: -len(self.params)]
+        reached = self._reached_over_ranks(packed)
+        self._check_reached(reached, losses)
+        mask = self._write_mask(reached)
         scale = self.guard.scale(self.device)
         if scale is not None:  # J and the losses were scaled: the strategy sees true ones
             jac.mul_(scale.reciprocal().to(jac.dtype))
@@ -358,7 +650,7 @@ class TaskGradients:
             else:  # this rank's columns of J; the weights from the global Gramian
                 update = self._combine_split(jac, losses)
         except NonFiniteError as err:
-            return self._reject(str(err))
+            return self._reject(str(err), mask)
         if self._split is not None:
             # Ranks must agree without more communication: J and the losses were finite on
             # every rank (the summed Gramian says so), so check the weights, which are
@@ -371,11 +663,12 @@ class TaskGradients:
         if self.strategy.check_finite and not finite:
             return self._reject(
                 f"the combined update of {type(self.strategy).__name__} is not finite "
-                "(finite task gradients overflowed in the combination)"
+                "(finite task gradients overflowed in the combination)",
+                mask,
             )
         if scale is not None:
             update.mul_(scale.to(update.dtype))
-        self._add_into_grad(update)
+        self._add_into_grad(update, mask)
         return True
 
     def _combine_split(self, jac: Tensor, losses: Tensor) -> Tensor:
@@ -407,30 +700,46 @@ class TaskGradients:
         values = losses.detach()
         if not all_finite(values):
             bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
-            return self._reject(f"non-finite loss in tasks {bad}")
+            return self._reject(f"non-finite loss in tasks {bad}", [])
         weighted = strategy.weighted_loss(losses)
         if scale is not None:
             weighted = weighted * scale.to(weighted.dtype)
         # The shared gradient goes to a buffer first (then, distributed, is averaged over
-        # the ranks), so a NaN/inf gradient is caught before it reaches ``.grad``.
-        update = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
+        # the ranks, the reached flags at its tail), so a NaN/inf gradient is caught before
+        # it reaches ``.grad``.
+        tail = len(self.params) if self._reduce is not None else 0
+        buffer = torch.zeros(self.numel + tail, dtype=self.dtype, device=self.device)
+        update = buffer[: self.numel]
         with self._grads_into(self._views_of(update)):
             torch.autograd.backward(weighted)
+        packed = None
         if self._reduce is not None:
-            self._reduce(update)
+            buffer[self.numel :] = self._flags_tensor()
+            self._reduce(buffer)
+            packed = buffer
+        reached = self._reached_over_ranks(packed)
+        self._check_reached(reached, values)
+        mask = self._write_mask(reached)
         if strategy.check_finite and not all_finite(update):
             return self._reject(
                 f"non-finite shared gradient (loss weighting {type(strategy).__name__}; "
-                f"losses {values.tolist()})"
+                f"losses {values.tolist()})",
+                mask,
             )
-        self._add_into_grad(update)
+        self._add_into_grad(update, mask)
         strategy.last_stats = GradientStats.from_weights(strategy.loss_weights(values))
         strategy.accept(values)
         return True
 
-    def _add_into_grad(self, update: Tensor) -> None:
+    def _add_into_grad(self, update: Tensor, mask: list[bool]) -> None:
+        """Add ``update`` into the ``.grad`` of the parameters ``mask`` selects (cast to
+        each one's dtype)."""
         existing, additions = [], []
-        for p, view in zip(self.params, self._views_of(update), strict=True):
+        for p, view, write in zip(self.params, self._views_of(update), mask, strict=True):
+            if not write:
+                continue
+            if view.dtype != p.dtype:
+                view = view.to(p.dtype)
             if p.grad is None:  # ``update`` is fresh each step: safe to alias
                 p.grad = _sharded_like(p, view) if self.sharded else view
             else:
@@ -438,6 +747,10 @@ class TaskGradients:
                 additions.append(view)
         if existing:
             torch._foreach_add_(existing, additions)
+
+    def _remove_hooks(self) -> None:
+        """Remove the engine's reach hooks (an engine used once, then dropped)."""
+        _remove_hooks(self._hooks)
 
 
 def backward(
@@ -458,8 +771,11 @@ def backward(
     Returns ``True``, or ``False`` when ``nonfinite="skip"`` skipped the step.
     """
     engine = TaskGradients(shared_params, strategy, nonfinite=nonfinite)
-    engine.backward_all(losses, mode=mode)
-    return engine.write_grad()
+    try:
+        engine.backward_all(losses, mode=mode)
+        return engine.write_grad()
+    finally:
+        engine._remove_hooks()
 
 
 class SharedFeatures:
@@ -526,8 +842,11 @@ class SharedFeatures:
             world = dist.get_world_size(group) if distributed.is_active(group) else 1
             # one process on the concatenated batch: every rank's rows scaled by 1/world
             engine._split = (group, 1.0 / world**2)
-        engine.backward_all(losses)
-        ok = engine.write_grad()
+        try:
+            engine.backward_all(losses)
+            ok = engine.write_grad()
+        finally:
+            engine._remove_hooks()
         if ok and self.value.grad is not None:
             torch.autograd.backward(self.features, self.value.grad)
         return ok
@@ -594,14 +913,28 @@ def _check_shared(shared_params: Iterable[Tensor]) -> list[Tensor]:
             raise ValueError(f"shared_params[{i}] appears twice")
         seen.add(id(p))
     devices = {p.device for p in params}
-    dtypes = {p.dtype for p in params}
     if len({distributed.is_sharded(p) for p in params}) > 1:
         raise ValueError(
             "shared parameters must be all sharded (FSDP2) or all whole: shard the whole "
             "shared module with fully_shard, or none of it"
         )
-    if len(devices) > 1 or len(dtypes) > 1:
-        raise ValueError(
-            f"shared parameters must share one device and dtype, got {devices} / {dtypes}"
-        )
+    if len(devices) > 1:
+        raise ValueError(f"shared parameters must be on one device, got {devices}")
     return params
+
+
+def _refuse_fsdp_module(module: nn.Module) -> None:
+    """The module form cannot follow FSDP2 modules: they swap their parameter objects
+    (sharded / unsharded) within a step."""
+    if any(c.__name__ == "FSDPModule" for m in module.modules() for c in type(m).__mro__):
+        raise ValueError(
+            "TaskGradients cannot follow the parameters of an FSDP2 (fully_shard) module, "
+            "which swaps them between sharded and unsharded within a step: pass "
+            "module.parameters() after fully_shard instead"
+        )
+
+
+def _layout_of(params: list[Tensor]) -> list[tuple[Any, ...]]:
+    """What J's layout and the reach hooks depend on: each parameter's dtype, device,
+    shape and tensor (``_cdata`` changes when ``torch.utils.swap_tensors`` swaps it)."""
+    return [(p.dtype, p.device, p.shape, getattr(p, "_cdata", None)) for p in params]
