@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mtlkit import distributed
+from mtlkit import _params, distributed
 from mtlkit._guard import NonFiniteError, NonFiniteGuard, NonFinitePolicy, all_finite
 from mtlkit._linalg import autocast_off, gramian
 from mtlkit.diagnostics import GradientStats
@@ -68,63 +68,6 @@ def _as_loss_list(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise ValueError(f"loss of task {i} must be a scalar tensor, got {loss!r}")
     return [loss.reshape(()) for loss in out]
-
-
-class _Reach:
-    """Which shared parameters a task's backward reached in this step.
-
-    Set by one post-accumulate-grad hook per parameter (:func:`_reach_hook`), only while
-    the engine runs a task's backward (``active``). The hooks hold this object, never the
-    engine, so an engine that goes away takes its hooks with it.
-    """
-
-    __slots__ = ("active", "flags")
-
-    def __init__(self) -> None:
-        self.active = False
-        self.flags: list[bool] = []
-
-
-def _reach_hook(reach: _Reach, index: int) -> Callable[[Tensor], None]:
-    def hook(_: Tensor) -> None:
-        if reach.active:
-            reach.flags[index] = True
-
-    return hook
-
-
-def _remove_hooks(handles: list[Any]) -> None:
-    for handle in handles:
-        if handle is not None:
-            handle.remove()
-    handles.clear()
-
-
-#: What torch says when a ``torch.compile``d backward that donated its buffers is run with
-#: ``retain_graph=True``.
-_DONATED = "donated buffer"
-_DONATED_HELP = (
-    "the losses' graph runs through a torch.compile'd module whose backward was compiled "
-    "to run once (torch's 'donated buffers'), and the per-task gradients of one graph need "
-    "one backward pass per task through it (retain_graph=True). torch compiles the "
-    "backward so only when the first backward through the compiled graph did not retain "
-    "it (e.g. an earlier plain loss.backward()). Either set "
-    "torch._functorch.config.donated_buffer = False before the compiled module's first "
-    "forward; or give each task its own forward (TaskGradients.backward(task, loss) "
-    "without retain_graph: one backward per graph); or compile only the shared encoder and "
-    "combine at its output with mtlkit.SharedFeatures (one backward through the encoder)"
-)
-
-
-@contextmanager
-def _compiled_backward_errors() -> Iterator[None]:
-    """Turn torch's donated-buffer error of a retained compiled backward into advice."""
-    try:
-        yield
-    except RuntimeError as err:
-        if _DONATED in str(err):
-            raise RuntimeError(_DONATED_HELP) from err
-        raise
 
 
 class TaskGradients:
@@ -197,10 +140,10 @@ class TaskGradients:
         #: The module whose parameters are re-read every step (``None``: a fixed list).
         self.module = shared_params if isinstance(shared_params, nn.Module) else None
         if isinstance(shared_params, nn.Module):
-            _refuse_fsdp_module(shared_params)
+            _params.refuse_fsdp_module(shared_params)
             params = self._module_params()
         else:
-            params = _check_shared(shared_params)
+            params = _params.check_shared(shared_params)
         if num_tasks is not None and num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         if not isinstance(strategy, Strategy):
@@ -211,9 +154,9 @@ class TaskGradients:
         self.num_tasks = num_tasks
         self.accumulate = bool(accumulate)
         self.step_count = 0
-        self._reach = _Reach()
+        self._reach = _params.Reach()
         self._hooks: list[Any] = []
-        weakref.finalize(self, _remove_hooks, self._hooks)
+        weakref.finalize(self, _params.remove_hooks, self._hooks)
         #: FSDP2-sharded parameters (DTensors): J holds this rank's columns only.
         self.sharded = False
         # How the step becomes global over data-parallel ranks (one of the two, or none):
@@ -251,7 +194,7 @@ class TaskGradients:
                 f"the shared module ({type(self.module).__name__}) has no trainable "
                 "parameters: pass the module (or the parameters) all tasks share"
             )
-        return _check_shared(params)
+        return _params.check_shared(params)
 
     def _set_params(self, params: list[Tensor], *, first: bool = False) -> None:
         """(Re)build everything that depends on the shared parameters' objects and layout:
@@ -264,7 +207,7 @@ class TaskGradients:
                 "split across ranks: use a Gramian strategy or a loss weighting with FSDP"
             )
         self.params = params
-        self._locals = [_local(p) for p in params]
+        self._locals = [_params.local(p) for p in params]
         self.numel = sum(t.numel() for t in self._locals)
         self.device = self._locals[0].device
         #: J's dtype: the widest of the shared parameters' dtypes.
@@ -272,7 +215,7 @@ class TaskGradients:
         #: Parameters whose gradient autograd accumulates straight into J's row (same
         #: dtype, not sharded); the others are copied (cast) into it after each backward.
         self._aliased = [not sharded and p.dtype == self.dtype for p in params]
-        self._layout = _layout_of(params)
+        self._layout = _params.layout_of(params)
         self._jac = None
         self._row_views = []
         if first or sharded != self.sharded:
@@ -280,11 +223,11 @@ class TaskGradients:
             self._reduce, self._split = None, None
             if sharded:
                 pg = self.process_group
-                group = _mesh_group(params[0]) if pg in (None, True) else pg
+                group = _params.mesh_group(params[0]) if pg in (None, True) else pg
                 self._split = (group, 1.0)  # FSDP's reduce-scatter already averaged the rows
             else:
                 self._reduce = distributed.mean_over_ranks(self.process_group)
-        _remove_hooks(self._hooks)
+        _params.remove_hooks(self._hooks)
         self._hooks.extend(None for _ in params)
         self._reach.flags = [False] * len(params)
         self._arm_hooks()
@@ -296,7 +239,7 @@ class TaskGradients:
         for i, p in enumerate(self.params):
             if self._hooks[i] is None and p.requires_grad:
                 existing = p._post_accumulate_grad_hooks
-                hook = _reach_hook(self._reach, i)
+                hook = _params.reach_hook(self._reach, i)
                 self._hooks[i] = p.register_post_accumulate_grad_hook(hook)  # type: ignore[no-untyped-call]
                 if existing is not None:
                     # torch.utils.swap_tensors (swapping module conversions) leaves the hooks'
@@ -312,11 +255,11 @@ class TaskGradients:
         same_objects = len(params) == len(self.params) and all(
             a is b for a, b in zip(params, self.params, strict=True)
         )
-        if same_objects and _layout_of(params) == self._layout:
+        if same_objects and _params.layout_of(params) == self._layout:
             self._arm_hooks()  # a parameter unfrozen since
             return
         if self.module is not None:
-            _refuse_fsdp_module(self.module)
+            _params.refuse_fsdp_module(self.module)
         if self._losses:
             self._losses = {}  # the step is lost: the next backward starts a new one
             raise RuntimeError(
@@ -381,7 +324,7 @@ class TaskGradients:
     # ------------------------------------------------------------------ backward
     def _row_backward(self, task: int, loss: Tensor, retain_graph: bool) -> None:
         """Run ``loss.backward()`` with the shared grads accumulating into row ``task``."""
-        with self._grads_into(self._row_views[task]), _compiled_backward_errors():
+        with self._grads_into(self._row_views[task]), _params.compiled_backward_errors():
             torch.autograd.backward(loss, retain_graph=retain_graph)
 
     @contextmanager
@@ -413,7 +356,7 @@ class TaskGradients:
                 if grad is None:
                     continue
                 if not alias:
-                    view.add_(_local(grad))
+                    view.add_(_params.local(grad))
                     if self.sharded:
                         reach.flags[i] = True
                 elif grad is not view:  # replaced (create_graph): the sum, view included
@@ -480,8 +423,8 @@ class TaskGradients:
             try:
                 grads = self._batched_grads(stacked)
             except RuntimeError as err:
-                if _DONATED in str(err):
-                    raise RuntimeError(_DONATED_HELP) from err
+                if _params.DONATED in str(err):
+                    raise RuntimeError(_params.DONATED_HELP) from err
                 warnings.warn(
                     f"batched backward is not supported by this graph ({err}); "
                     "falling back to one backward per task",
@@ -741,16 +684,16 @@ class TaskGradients:
             if view.dtype != p.dtype:
                 view = view.to(p.dtype)
             if p.grad is None:  # ``update`` is fresh each step: safe to alias
-                p.grad = _sharded_like(p, view) if self.sharded else view
+                p.grad = _params.sharded_like(p, view) if self.sharded else view
             else:
-                existing.append(_local(p.grad))
+                existing.append(_params.local(p.grad))
                 additions.append(view)
         if existing:
             torch._foreach_add_(existing, additions)
 
     def _remove_hooks(self) -> None:
         """Remove the engine's reach hooks (an engine used once, then dropped)."""
-        _remove_hooks(self._hooks)
+        _params.remove_hooks(self._hooks)
 
 
 def backward(
@@ -850,91 +793,3 @@ class SharedFeatures:
         if ok and self.value.grad is not None:
             torch.autograd.backward(self.features, self.value.grad)
         return ok
-
-
-def _local(t: Tensor) -> Tensor:
-    """This rank's part of ``t``: the local shard of a sharded tensor, else ``t``."""
-    if distributed.is_sharded(t):
-        with torch.no_grad():
-            return t.to_local()  # type: ignore[attr-defined, no-any-return]
-    return t
-
-
-def _sharded_like(param: Tensor, local: Tensor) -> Tensor:
-    """A gradient for sharded ``param`` whose local shard is ``local`` (no copy)."""
-    from torch.distributed.tensor import DTensor
-
-    return DTensor.from_local(
-        local,
-        param.device_mesh,  # type: ignore[attr-defined]
-        param.placements,  # type: ignore[attr-defined]
-        shape=param.shape,
-        stride=param.stride(),
-        run_check=False,
-    )
-
-
-def _mesh_group(param: Tensor) -> Any:
-    """The process group of a sharded parameter's (one-dimensional) device mesh."""
-    mesh = param.device_mesh  # type: ignore[attr-defined]
-    if mesh.ndim != 1:
-        raise ValueError(
-            f"sharded parameters on a {mesh.ndim}-D device mesh (HSDP) are not supported; "
-            "shard over one mesh dimension (fully_shard with a 1-D mesh)"
-        )
-    return mesh.get_group()
-
-
-def _check_shared(shared_params: Iterable[Tensor]) -> list[Tensor]:
-    """The shared parameters as a list of distinct leaf tensors that require grad."""
-    if isinstance(shared_params, Tensor):
-        raise TypeError(
-            "shared_params must be an iterable of parameters (e.g. model.encoder.parameters() "
-            "or [model.weight]), not one tensor"
-        )
-    params = list(shared_params)
-    if not params:
-        raise ValueError("shared_params is empty: pass the parameters all tasks share")
-    seen: set[int] = set()
-    for i, p in enumerate(params):
-        if not isinstance(p, Tensor):
-            raise TypeError(f"shared_params[{i}] is not a tensor: {type(p).__name__}")
-        if not p.requires_grad:
-            raise ValueError(
-                f"shared_params[{i}] (shape {tuple(p.shape)}) has requires_grad=False "
-                "(frozen): leave it out of the shared parameters"
-            )
-        if not p.is_leaf:
-            raise ValueError(
-                f"shared_params[{i}] (shape {tuple(p.shape)}) is not a leaf tensor (a view or "
-                "the result of an operation): pass the parameters themselves"
-            )
-        if id(p) in seen:
-            raise ValueError(f"shared_params[{i}] appears twice")
-        seen.add(id(p))
-    devices = {p.device for p in params}
-    if len({distributed.is_sharded(p) for p in params}) > 1:
-        raise ValueError(
-            "shared parameters must be all sharded (FSDP2) or all whole: shard the whole "
-            "shared module with fully_shard, or none of it"
-        )
-    if len(devices) > 1:
-        raise ValueError(f"shared parameters must be on one device, got {devices}")
-    return params
-
-
-def _refuse_fsdp_module(module: nn.Module) -> None:
-    """The module form cannot follow FSDP2 modules: they swap their parameter objects
-    (sharded / unsharded) within a step."""
-    if any(c.__name__ == "FSDPModule" for m in module.modules() for c in type(m).__mro__):
-        raise ValueError(
-            "TaskGradients cannot follow the parameters of an FSDP2 (fully_shard) module, "
-            "which swaps them between sharded and unsharded within a step: pass "
-            "module.parameters() after fully_shard instead"
-        )
-
-
-def _layout_of(params: list[Tensor]) -> list[tuple[Any, ...]]:
-    """What J's layout and the reach hooks depend on: each parameter's dtype, device,
-    shape and tensor (``_cdata`` changes when ``torch.utils.swap_tensors`` swaps it)."""
-    return [(p.dtype, p.device, p.shape, getattr(p, "_cdata", None)) for p in params]
