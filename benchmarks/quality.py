@@ -2,7 +2,8 @@
 
 Trains the miniBERT example (embedded all-MiniLM-L6-v2) with each strategy and writes a
 table — SST accuracy, Quora accuracy, STS Pearson, overall score (mean ± spread over
-seeds), training wall time, and step time relative to ``sum`` — plus a plot.
+seeds), the share of training steps whose task gradients conflicted, training wall time,
+and step time relative to ``sum`` — plus a plot.
 
 * ``--quick``: a small budget (a slice of each training set, a slice of each dev set)
   that finishes in about an hour on a 2-core CPU: 3 seeds for ``sum``, ``pcgrad`` and
@@ -41,6 +42,7 @@ QUICK: dict[str, Any] = dict(
     steps_per_epoch=60,
     train_limit=4000,
     dev_limit=400,
+    val_limit=400,
     eval_train_limit=200,
     max_length=64,
 )
@@ -81,9 +83,22 @@ def run_one(name: str, seed: int, budget: dict[str, Any], device: str, scratch: 
         "strategy": name,
         "seed": seed,
         **{m: last["dev"][m] for m in METRICS},
+        "conflict_fraction": conflict_fraction(history),
         "wall_s": wall,
         "step_s": train_seconds / steps,
     }
+
+
+def conflict_fraction(history: list[dict[str, Any]]) -> float | None:
+    """The share of a run's steps whose per-task gradients had a conflicting pair (a
+    negative cosine), from its history rows (each epoch's ``conflicts`` summary); ``None``
+    for a run without per-task gradients (a loss weighting, a frozen encoder)."""
+    rows = [r["conflicts"] for r in history if r.get("conflicts")]
+    counted = [(c["conflict_fraction"], c["gradient_steps"]) for c in rows]
+    total = sum(n for f, n in counted if f is not None)
+    if not total:
+        return None
+    return sum(f * n for f, n in counted if f is not None) / total
 
 
 def summarize(results: list[dict]) -> list[dict]:
@@ -101,6 +116,12 @@ def summarize(results: list[dict]) -> list[dict]:
             vals = [r[m] for r in rs]
             spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
             row[m] = (statistics.mean(vals), spread)
+        fractions = [r["conflict_fraction"] for r in rs if r.get("conflict_fraction") is not None]
+        row["conflict_fraction"] = (
+            (statistics.mean(fractions), statistics.stdev(fractions) if len(fractions) > 1 else 0.0)
+            if fractions
+            else None
+        )
         row["wall_s"] = statistics.mean(r["wall_s"] for r in rs)
         row["step_ratio"] = statistics.mean(r["step_s"] for r in rs) / sum_step
         rows.append(row)
@@ -111,12 +132,14 @@ def markdown(rows: list[dict], header: str) -> str:
     lines = [
         header,
         "",
-        "| strategy | seeds | SST acc | Quora acc | STS Pearson | overall | wall s | "
-        "step time / sum |",
-        "|---|---|---|---|---|---|---|---|",
+        "| strategy | seeds | SST acc | Quora acc | STS Pearson | overall | conflict steps | "
+        "wall s | step time / sum |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: -r["overall"][0]):
         cells = [f"{r[m][0]:.3f} ± {r[m][1]:.3f}" for m in METRICS]
+        conflicts = r.get("conflict_fraction")
+        cells.append("n/a" if conflicts is None else f"{conflicts[0]:.0%} ± {conflicts[1]:.0%}")
         lines.append(
             f"| {r['strategy']} | {r['seeds']} | "
             + " | ".join(cells)
@@ -171,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps-per-epoch", type=int, default=None, help="override the budget")
     ap.add_argument("--train-limit", type=int, default=None, help="override the budget")
     ap.add_argument("--dev-limit", type=int, default=None, help="override the budget")
+    ap.add_argument("--val-limit", type=int, default=None, help="override the budget")
     ap.add_argument("--weights", default=None, help="checkpoint folder (default: embedded)")
     ap.add_argument(
         "--init",
@@ -180,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     budget = dict(QUICK if args.quick else FULL)
-    for key in ("steps_per_epoch", "train_limit", "dev_limit", "init", "weights"):
+    for key in ("steps_per_epoch", "train_limit", "dev_limit", "val_limit", "init", "weights"):
         if getattr(args, key) is not None:
             budget[key] = getattr(args, key)
     names = args.strategies.split(",") if args.strategies else mtlkit.list_strategies()
@@ -211,7 +235,9 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `python benchmarks/quality.py {' '.join(argv or sys.argv[1:])}`\n\n"
         f"Machine: {machine()}\n\nBudget: {json.dumps(budget)}; the main job's tasks "
         f"({', '.join(TrainConfig().tasks)}) and their options; AdamW; dev scores after the "
-        "last step."
+        "last step. Conflict steps: the share of training steps whose per-task gradients "
+        "had a pair with a negative cosine (from each run's history; n/a: a loss weighting, "
+        "which forms no per-task gradients)."
     )
     text = markdown(rows, header)
     out.with_suffix(".md").write_text(text)

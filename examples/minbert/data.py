@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import math
 import re
 import warnings
@@ -81,6 +82,7 @@ __all__ = [
     "collate",
     "dataset_path",
     "default_data_dir",
+    "holdout_indices",
     "read_quora",
     "read_sst",
     "read_sts",
@@ -437,6 +439,34 @@ def read_sts(
     """Read an STS file (``id, sentence1, sentence2, similarity``); see :func:`read_sst`."""
     columns = ("id", "sentence1", "sentence2", "similarity")
     return _read(path, columns, _parse_sts, strict=strict, limit=limit)
+
+
+# --------------------------------------------------------------------------------------------
+# The validation split
+# --------------------------------------------------------------------------------------------
+
+
+def holdout_indices(count: int, fraction: float, seed: int, key: str) -> list[int]:
+    """Which of ``count`` examples a validation split holds out: their indices, ascending.
+
+    The ``ceil(fraction * count)`` indices ``i`` (0-based, in file order) with the smallest
+    ``sha256(f"{seed}:{key}:{i}")``: a fixed pseudo-random choice that depends on nothing
+    but the seed, the key (the task's name) and the number of examples; not on the torch
+    or numpy version, nor on a run's own seed, strategy or other tasks.
+
+    Raises:
+        ValueError: ``fraction`` is not in [0, 1), or ``count`` is negative.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction!r}")
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    size = math.ceil(round(fraction * count, 9))  # (no float noise: 0.1 * 5500 is 550)
+
+    def rank(i: int) -> bytes:
+        return hashlib.sha256(f"{seed}:{key}:{i}".encode()).digest()
+
+    return sorted(sorted(range(count), key=rank)[:size])
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,8 +5,11 @@ scheduler and loader, strategy and engine, optimizer and learning-rate schedule,
 Then the loop: each step draws one batch of every task (the scheduler decides how many
 examples each gets) and backpropagates each task's loss from its own graph into mtlkit's
 :class:`~mtlkit.TaskGradients`, which writes the strategy's combination of the encoder's
-per-task gradients into ``.grad``; then the optimizer steps. Each epoch ends with an
-evaluation, a checkpoint and a line of the table.
+per-task gradients into ``.grad``; then the optimizer steps, and the step's gradient figures
+(``engine.stats``) go to a :class:`~mtlkit.diagnostics.ConflictLog` on the device. Each
+epoch ends with an evaluation (training examples, the validation split held out of the
+training files, which picks the best epoch, and the dev sets, the test), a checkpoint and a
+line of the table.
 
 What is specific to a task (its data, head, loss, prediction, metrics) comes from its
 record in :mod:`examples.minbert.tasks`; this file does not name any task.
@@ -15,6 +18,7 @@ record in :mod:`examples.minbert.tasks`; this file does not name any task.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -31,6 +35,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import mtlkit
+from mtlkit.diagnostics import ConflictLog
 from mtlkit.schedulers import DynamicBatchAllocation, MultiTaskLoader
 
 from . import evaluate, report
@@ -50,7 +55,7 @@ from .checkpoint import (
     save_latest,
     write_atomic,
 )
-from .data import Collate, DataError, ExampleDataset, dataset_path
+from .data import Collate, DataError, ExampleDataset, dataset_path, holdout_indices
 from .model import BertConfig, BertModel
 from .multitask import POOLINGS, MultitaskBert
 from .tasks import TASKS, Task, make_tasks
@@ -59,6 +64,8 @@ from .weights import WeightsError, load_pretrained
 
 #: The most positions a ``tiny-random`` encoder gets (BERT's); a pretrained one has its own.
 TINY_MAX_POSITIONS = 512
+#: What may pick the best epoch (``TrainConfig.select_on``).
+SELECT_ON = ("val", "dev")
 
 
 @dataclass
@@ -88,8 +95,14 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_length: int = 64
-    train_limit: int | None = None  # examples per task (quick runs)
+    train_limit: int | None = None  # training examples per task, after the split (quick runs)
     dev_limit: int | None = None
+    # The validation split: the fraction of each training file held out (never trained
+    # on) to pick the best epoch, best.pt and dynamic allocation's signal; dev is the test.
+    val_fraction: float = 0.1
+    val_seed: int = 0  # which examples are held out: not `seed`, so every run holds out the same
+    val_limit: int | None = None  # held-out examples per task scored each epoch (None: all)
+    select_on: str = "val"  # "val", or "dev" (only explicitly: its scores are then no test)
     eval_train_limit: int = 500  # training examples per task scored each epoch
     eval_batch_size: int = 128
     seed: int = 0
@@ -115,7 +128,7 @@ class TrainConfig:
         for name in ("epochs", "eval_batch_size", "eval_train_limit"):
             _at_least(name, getattr(self, name), 1)
         _at_least("max_length", self.max_length, 3, "([CLS] x [SEP])")
-        for name in ("train_limit", "dev_limit"):
+        for name in ("train_limit", "dev_limit", "val_limit"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1, "(an empty split cannot be used)")
         for name in ("steps_per_epoch", "checkpoint_every"):
@@ -127,6 +140,18 @@ class TrainConfig:
             value = getattr(self, name)
             if not _is_number(value) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        fraction = self.val_fraction
+        if not _is_number(fraction) or not 0 <= fraction < 1:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {fraction!r}")
+        _at_least("val_seed", self.val_seed, 0)
+        if self.select_on not in SELECT_ON:
+            raise ConfigError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
+        if self.select_on == "val" and fraction == 0:
+            raise ConfigError(
+                "val_fraction 0 holds out no validation split to select the best epoch on: "
+                "hold one out (--val-fraction 0.1) or select on the dev sets explicitly with "
+                "--select-on dev (their scores are then no test)"
+            )
         ratio = self.warmup_ratio
         if not _is_number(ratio) or not 0 <= ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {ratio!r}")
@@ -262,6 +287,15 @@ class Run:
     loss_log: list[list[float]]  # every step's loss of each task
     model: MultitaskBert
     rank: int = 0
+    best_epoch: int | None = None  # the epoch of best.pt (chosen on `select_on`)
+    conflicts: ConflictLog | None = None  # every step's gradient figures (gradients.json)
+
+
+def selection_score(scores: Mapping[str, float]) -> float:
+    """The overall score that picks the best epoch (-inf when it is not a number, so
+    that an epoch with a NaN score is never chosen)."""
+    value = float(scores["overall"])
+    return value if math.isfinite(value) else -math.inf
 
 
 # ------------------------------------------------------------------------------ set-up
@@ -390,6 +424,99 @@ def load_split(
     return datasets
 
 
+#: How the validation split is drawn (``split.json`` says so too).
+SPLIT_RULE = (
+    "each task's training file (its examples in file order, bad rows skipped, indices "
+    "from 0) holds out the ceil(val_fraction x N) examples i with the smallest "
+    "sha256('{val_seed}:{task}:{i}'); train_limit applies to the rest (in file order), "
+    "val_limit to the held-out examples scored each epoch (in file order)"
+)
+
+
+@dataclass
+class TrainingData:
+    """The training sets and the validation split carved from them (:func:`load_training_data`).
+
+    Attributes:
+        train: each task's examples trained on (the training file less the held-out
+            examples, then ``train_limit``).
+        val: each task's held-out examples scored each epoch (``val_limit``); empty
+            without a split (``val_fraction`` 0).
+        split: what ``split.json`` records: the rule, the options, and per task the file,
+            its number of examples, how many were held out, trained on and scored, and
+            the held-out indices; ``sha256`` identifies the held-out examples (indices and
+            ids) of every task (``None`` without a split).
+    """
+
+    train: list[ExampleDataset[Any]]
+    val: list[ExampleDataset[Any]]
+    split: dict[str, Any]
+
+    @property
+    def split_hash(self) -> str | None:
+        """The held-out examples' SHA-256 (``None`` without a split)."""
+        return self.split["sha256"]  # type: ignore[no-any-return]
+
+
+def load_training_data(cfg: TrainConfig, tasks: list[Task]) -> TrainingData:
+    """Each task's training file, less a validation split of ``cfg.val_fraction`` of it.
+
+    The split (:func:`~examples.minbert.data.holdout_indices`, seeded by
+    ``cfg.val_seed``) depends only on the files, the tasks' names, ``val_fraction`` and
+    ``val_seed``: every run of every strategy and seed holds out the same examples.
+    ``train_limit`` applies to what is left; ``val_limit`` to the held-out examples scored.
+
+    Raises:
+        ConfigError: a file is missing or unreadable, has no usable rows, or has too few to
+            hold out a validation split and keep examples to train on.
+    """
+    train, val = [], []
+    per_task: dict[str, Any] = {}
+    identity: dict[str, list[tuple[int, str]]] = {}
+    for task in tasks:
+        path = split_path(cfg, task.name, "train")
+        limit = cfg.train_limit if cfg.val_fraction == 0 else None  # the split reads all
+        with user_errors():
+            examples = task.read(path, strict=cfg.strict_data, limit=limit)
+        if not examples:
+            raise ConfigError(f"the train split of {task.name} is empty: {path} has no usable rows")
+        held = holdout_indices(len(examples), cfg.val_fraction, cfg.val_seed, task.name)
+        if len(held) >= len(examples):
+            raise ConfigError(
+                f"the train split of {task.name} ({path}) has {len(examples)} example(s): too "
+                f"few to hold out a validation split of {cfg.val_fraction} and train on the "
+                f"rest (lower --val-fraction, or --val-fraction 0 --select-on dev)"
+            )
+        held_set = set(held)
+        kept = [ex for i, ex in enumerate(examples) if i not in held_set][: cfg.train_limit]
+        out = [examples[i] for i in held]
+        scored = out[: cfg.val_limit]
+        train.append(ExampleDataset(kept))
+        val.append(ExampleDataset(scored))
+        identity[task.name] = [(i, str(getattr(examples[i], "uid", i))) for i in held]
+        per_task[task.name] = {
+            "file": str(path),
+            "examples": len(examples),
+            "held_out": len(held),
+            "trained_on": len(kept),
+            "val_scored": len(scored),
+            "held_out_indices": held,
+        }
+    digest = None
+    if cfg.val_fraction > 0:
+        text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(text.encode()).hexdigest()
+    split = {
+        "val_fraction": cfg.val_fraction,
+        "val_seed": cfg.val_seed,
+        "select_on": cfg.select_on,
+        "rule": SPLIT_RULE if cfg.val_fraction > 0 else "no validation split (val_fraction 0)",
+        "sha256": digest,
+        "tasks": per_task,
+    }
+    return TrainingData(train, val if cfg.val_fraction > 0 else [], split)
+
+
 def build_loader(
     cfg: TrainConfig,
     tasks: list[Task],
@@ -487,7 +614,18 @@ def train_step(
 # ------------------------------------------------------------------------------ the run folder
 #: What a run writes to its folder (``--overwrite`` removes these and refuses other files).
 RUN_FILES = frozenset(
-    {"latest.pt", "best.pt", "config.json", "history.json", "curves.png", "dev-predictions", "eval"}
+    {
+        "latest.pt",
+        "best.pt",
+        "config.json",
+        "split.json",
+        "history.json",
+        "gradients.json",
+        "curves.png",
+        "conflicts.png",
+        "dev-predictions",
+        "eval",
+    }
 )
 
 
@@ -633,9 +771,22 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
     if cfg.fsdp:
         shard_model(model)
 
-    # ---- data, task scheduler and loader
-    train_sets = load_split(cfg, tasks, "train", cfg.train_limit)
+    # ---- data (the training sets less the validation split; dev), scheduler and loader
+    data = load_training_data(cfg, tasks)
+    train_sets, val_sets = data.train, data.val
     dev_sets = load_split(cfg, tasks, "dev", cfg.dev_limit)
+    if state is not None:  # the same held-out examples as when the run started
+        if "split" not in state:
+            raise ResumeError(
+                f"{latest} was written by an earlier version of this example, without a "
+                f"validation split: start a new run"
+            )
+        if state["split"] != data.split_hash:
+            raise ResumeError(
+                f"the validation split drawn from the training files now differs from the "
+                f"one {latest} was trained with (a training file changed?): resume with the "
+                f"same files, or start a new run"
+            )
     loader = build_loader(cfg, tasks, train_sets, tokenizer, rank)
     scheduler = loader.scheduler
     steps = len(loader)  # per epoch
@@ -673,32 +824,58 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
         "lr_schedule": lr_schedule,
         "strategy": strategy,
     }
+    # every step's gradient figures, kept on the device (no sync per step); in latest.pt
+    conflicts = ConflictLog(names=names, device=device)
+    parts["conflicts"] = conflicts
     own = {"loader": loader}  # differs per rank
     history: list[dict[str, Any]] = []
     loss_log: list[list[float]] = []
-    best = -math.inf
+    best, best_epoch = -math.inf, None
     config = json.dumps(asdict(cfg))
     if state is not None:
         restore(state, parts, own, rank=rank, world=world)
         history = json.loads(state["history"])
         loss_log = [list(x) for x in state["loss_log"]]
         best = float(state["best"])
+        best_epoch = state["best_epoch"]
         del state
         if engine is not None:  # step numbers in NonFiniteError messages go on
             engine.step_count = scheduler.step
         log(f"resumed from {latest} at step {scheduler.step}")
 
     def checkpoint() -> None:
-        progress = {"history": json.dumps(history), "loss_log": loss_log, "best": best}
+        progress = {
+            "history": json.dumps(history),
+            "loss_log": loss_log,
+            "best": best,
+            "best_epoch": best_epoch,
+            "split": data.split_hash,
+        }
         save_latest(latest, parts, own, {**progress, "config": config}, rank=rank, world=world)
 
     # ---- the loop
     if rank == 0:
         write_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2).encode())
+        write_atomic(out / "split.json", json.dumps(data.split, indent=1).encode())
     log(
         f"miniBERT multitask: strategy={strategy!r} scheduler={cfg.scheduler} device={device} "
         f"train sizes={[len(d) for d in train_sets]} steps/epoch={steps} epochs={cfg.epochs}"
     )
+    if val_sets:
+        held = [t["held_out"] for t in data.split["tasks"].values()]
+        log(
+            f"validation split: {held} examples held out of the training files "
+            f"(--val-fraction {cfg.val_fraction}, --val-seed {cfg.val_seed}; "
+            f"{[len(d) for d in val_sets]} scored each epoch; sha256 "
+            f"{data.split_hash[:12] if data.split_hash else None}, split.json); the best epoch "
+            f"is chosen on {cfg.select_on}"
+        )
+    if cfg.select_on == "dev":
+        log(
+            "WARNING: --select-on dev: the best epoch, best.pt and dynamic batch allocation "
+            "are chosen on the dev sets, so their dev scores are NOT a test (tuned on them)"
+        )
+    recorded: mtlkit.GradientStats | None = None
     for epoch in range(scheduler.epoch, cfg.epochs):
         t0 = time.perf_counter()
         done = loss_log[epoch * steps :]  # steps of this epoch before a resume count too
@@ -723,6 +900,10 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
             )
             lr_schedule.step()
             loss_log.append(step_losses)
+            stats = engine.stats if engine is not None else None
+            if stats is not None and stats is not recorded:  # (a skipped step keeps old ones)
+                conflicts.record(stats, step=len(loss_log) - 1)  # device copies: no sync
+                recorded = stats
             sums = [a + b for a, b in zip(sums, step_losses, strict=True)]
             count += 1
             bar.update(1)
@@ -734,31 +915,48 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
         seconds = time.perf_counter() - t0
         mean_losses = [s / max(count, 1) for s in sums]
 
-        # ---- evaluate: training examples and dev sets (eval mode: no randomness)
+        # ---- evaluate: training examples, the validation split (it picks) and the dev sets
+        # (the test), in eval mode: no randomness
         on = {"device": device, "max_length": cfg.max_length, "batch_size": cfg.eval_batch_size}
         evaluate.calibrate(model, train_sets, tokenizer, **on)
         train_eval = [ExampleDataset(d.examples[: cfg.eval_train_limit]) for d in train_sets]
         train_results = evaluate.predict(model, train_eval, tokenizer, bf16=cfg.bf16, **on)
+        val = None
+        if val_sets:
+            val_results = evaluate.predict(model, val_sets, tokenizer, bf16=cfg.bf16, **on)
+            val = evaluate.scores(tasks, val_results)
         dev_results = evaluate.predict(model, dev_sets, tokenizer, bf16=cfg.bf16, **on)
         dev = evaluate.scores(tasks, dev_results)
-        row = {
+        row: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": scheduler.step,
             "seconds": round(seconds, 1),
             "loss": dict(zip(names, mean_losses, strict=True)),
             "train": evaluate.scores(tasks, train_results),
-            "dev": dev,
         }
+        if val is not None:
+            row["val"] = val
+        row["dev"] = dev
+        row["val_split"] = data.split_hash
+        if engine is not None:  # this epoch's steps (one transfer from the device)
+            row["conflicts"] = conflicts.summary(epoch * steps, (epoch + 1) * steps)
         if engine is not None and engine.stats is not None:
-            row["gradients"] = engine.stats.as_dict()
+            row["gradients"] = engine.stats.as_dict()  # the epoch's last step
         history.append(row)
+        chosen = val if cfg.select_on == "val" and val is not None else dev
         if isinstance(scheduler, DynamicBatchAllocation):  # more examples for lagging tasks
-            scheduler.update(evaluate.task_scores(tasks, dev))
-        if dev["overall"] > best:  # the same on every rank: each scored the same sets
-            best = dev["overall"]
+            scheduler.update(evaluate.task_scores(tasks, chosen))
+        if selection_score(chosen) > best:  # the same on every rank: each scored the same sets
+            best, best_epoch = selection_score(chosen), epoch + 1
             weights = model_state.state_dict()  # FSDP: gathered (every rank takes part)
             if rank == 0:
-                info = {"config": config, "epoch": epoch + 1, "dev": json.dumps(dev)}
+                info = {
+                    "config": config,
+                    "epoch": epoch + 1,
+                    "select_on": cfg.select_on,
+                    "val": json.dumps(val),
+                    "dev": json.dumps(dev),
+                }
                 save_best(out / "best.pt", weights, **info)
                 report.write_predictions(out / "dev-predictions", tasks, dev_sets, dev_results)
                 report.save_confusions(out, tasks, dev_results)
@@ -768,4 +966,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
     if rank == 0:
         report.write_history(out, history)
         report.plot_curves(out, history, loss_log, names)
-    return Run(history, loss_log, model, rank)
+        if engine is not None:
+            report.write_conflicts(out, conflicts)  # gradients.json and conflicts.png
+            log(report.conflict_line(conflicts.summary()))
+    return Run(history, loss_log, model, rank, best_epoch, conflicts)

@@ -36,6 +36,8 @@ ARGS = [
     "32",
     "--dev-limit",
     "16",
+    "--val-limit",
+    "8",
     "--eval-train-limit",
     "8",
     "--batch-size",

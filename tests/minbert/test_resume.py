@@ -36,6 +36,8 @@ ARGS = [
     "48",
     "--dev-limit",
     "16",
+    "--val-limit",
+    "16",
     "--eval-train-limit",
     "16",
     "--batch-size",
@@ -96,6 +98,14 @@ def _assert_same_run(run: Path, ref: Path) -> None:
     assert state["loss_log"] == ref_state["loss_log"]
     assert state["strategy"]["generator"].equal(ref_state["strategy"]["generator"])
     assert _history(run) == _history(ref)
+    # every step's gradient figures survive the resume, bit for bit
+    assert torch.equal(state["conflicts"]["rows"], ref_state["conflicts"]["rows"])
+    assert state["conflicts"]["rows"].shape[0] == len(state["loss_log"])
+    grads = json.loads((run / "gradients.json").read_text())
+    assert grads == json.loads((ref / "gradients.json").read_text())
+    assert grads["steps"] == list(range(len(state["loss_log"])))
+    assert state["split"] == ref_state["split"] is not None
+    assert state["best_epoch"] == ref_state["best_epoch"]
     _assert_same_model(
         load_checkpoint(run / "best.pt")["model"], load_checkpoint(ref / "best.pt")["model"]
     )
@@ -191,9 +201,9 @@ def test_resume_from_any_crash_point(
             raise Crash
         return real_step(*args, **kwargs)
 
-    def predict(*args: Any, **kwargs: Any) -> Any:  # the dev predictions of an evaluation
+    def predict(*args: Any, **kwargs: Any) -> Any:  # train, val, dev: the dev predictions
         calls["eval"] += 1
-        if kind == "eval" and calls["eval"] == 2 * int(when):
+        if kind == "eval" and calls["eval"] == 3 * int(when):
             raise Crash
         return real_predict(*args, **kwargs)
 

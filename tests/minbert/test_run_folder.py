@@ -38,6 +38,8 @@ TINY = [
     "32",
     "--dev-limit",
     "16",
+    "--val-limit",
+    "8",
     "--eval-train-limit",
     "8",
     "--batch-size",
@@ -310,6 +312,60 @@ def test_resume_differences_name_each_option() -> None:
         "--strategy-arg {} -> {'x': 1}",
     ]
     assert train_mod.RESUMABLE >= {"epochs", "device", "threads", "checkpoint_every", "progress"}
+    # the validation split and what selects on it are the run's: never resumable
+    split = {"val_fraction", "val_seed", "val_limit", "select_on"}
+    assert not split & train_mod.RESUMABLE
+    other = train_mod.TrainConfig(
+        init="tiny-random", val_fraction=0.2, val_seed=1, val_limit=5, select_on="dev"
+    )
+    assert train_mod.resume_differences(train_mod.TrainConfig(init="tiny-random"), other) == [
+        "--val-fraction 0.1 -> 0.2",
+        "--val-seed 0 -> 1",
+        "--val-limit None -> 5",
+        "--select-on 'val' -> 'dev'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("--val-fraction", "0.2", "--val-fraction 0.1 -> 0.2"),
+        ("--val-seed", "3", "--val-seed 0 -> 3"),
+        ("--val-limit", "4", "--val-limit 8 -> 4"),
+        ("--select-on", "dev", "--select-on 'val' -> 'dev'"),
+    ],
+)
+def test_resume_with_another_validation_split_is_refused(
+    done_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    value: str,
+    named: str,
+) -> None:
+    run = _copy_run(done_run, tmp_path / "run")
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert main([*TINY, "--out-dir", str(run), "--resume", option, value]) == 2
+    assert named in _one_error(capsys.readouterr().err)
+    assert _snapshot(run) == before
+
+
+def test_resume_checks_the_held_out_examples(
+    done_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A training file that changed (another split drawn from it), or a checkpoint of a
+    version without a validation split, is refused rather than continued on other data."""
+    run = _copy_run(done_run, tmp_path / "run")
+    state = checkpoint_mod.load_checkpoint(run / "latest.pt")
+    checkpoint_mod.save_atomic({**state, "split": "0" * 64}, run / "latest.pt", kind="latest")
+    capsys.readouterr()
+    assert main([*TINY, "--out-dir", str(run), "--resume"]) == 2
+    assert "validation split" in _last_error(capsys.readouterr().err)
+    old = {k: v for k, v in state.items() if k != "split"}
+    checkpoint_mod.save_atomic(old, run / "latest.pt", kind="latest")
+    assert main([*TINY, "--out-dir", str(run), "--resume"]) == 2
+    assert "earlier version" in _last_error(capsys.readouterr().err)
 
 
 # ------------------------------------------------------------------- 4. refused at start-up
@@ -341,6 +397,11 @@ def test_empty_dev_split_is_refused_before_training(
         ("--max-length", "10000", "max_length"),
         ("--max-length", "2", "max_length"),
         ("--train-limit", "0", "train_limit"),
+        ("--val-fraction", "1", "val_fraction"),
+        ("--val-fraction", "-0.1", "val_fraction"),
+        ("--val-fraction", "0", "--select-on dev"),
+        ("--val-seed", "-1", "val_seed"),
+        ("--val-limit", "0", "val_limit"),
         ("--eval-train-limit", "0", "eval_train_limit"),
         ("--checkpoint-every", "-1", "checkpoint_every"),
         ("--steps-per-epoch", "-3", "steps_per_epoch"),
@@ -561,7 +622,7 @@ def test_checkpoint_format(done_run: Path) -> None:
     import io
 
     state = torch.load(io.BytesIO(payload), weights_only=True)  # plain torch underneath
-    assert {"model", "config", "epoch", "dev"} <= set(state)
+    assert {"model", "config", "epoch", "val", "dev", "select_on"} <= set(state)
 
 
 def test_resume_needs_latest_not_best(

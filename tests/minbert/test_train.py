@@ -105,6 +105,8 @@ def test_cli_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[s
             "24",
             "--dev-limit",
             "16",
+            "--val-limit",
+            "24",
             "--eval-train-limit",
             "16",
             "--batch-size",
@@ -130,25 +132,52 @@ def test_cli_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[s
     )
     assert rc == 0
     printed = capsys.readouterr()
-    assert "best dev" in printed.out and "overall" in printed.out
-    assert "loss sst  quora    sts | train sst  quora  sts r | dev sst" in printed.err
+    assert "best val (epoch" in printed.out and "| dev: sst acc" in printed.out
+    assert "overall" in printed.out
+    header = (
+        "loss sst  quora    sts | train sst  quora  sts r | val sst  quora  sts r overall | "
+        "dev sst  quora  sts r  sts ρ overall | grad conflicts norm ratio"
+    )
+    assert header in printed.err
+    assert "validation split: [800, 1600, 550] examples held out" in printed.err
+    assert "gradient conflicts: " in printed.err and "of 4 steps had a conflicting" in printed.err
     for name in (
         "best.pt",
         "latest.pt",
         "config.json",
+        "split.json",
         "history.json",
+        "gradients.json",
         "curves.png",
+        "conflicts.png",
         "sst-confusion.txt",
         "dev-predictions/sst.csv",
     ):
         assert (out / name).exists(), name
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
-    assert {"sst_acc", "quora_acc", "sts_pearson", "sts_spearman", "overall"} <= set(
-        history[0]["dev"]
-    )
+    for split in ("val", "dev"):
+        assert {"sst_acc", "quora_acc", "sts_pearson", "sts_spearman", "overall"} <= set(
+            history[0][split]
+        )
+    split = json.loads((out / "split.json").read_text())
+    assert history[0]["val_split"] == history[1]["val_split"] == split["sha256"]
+    assert [t["val_scored"] for t in split["tasks"].values()] == [24, 24, 24]
+    grads = json.loads((out / "gradients.json").read_text())
+    assert grads["steps"] == [0, 1, 2, 3] and grads["pairs"] == [
+        "sst/quora",
+        "sst/sts",
+        "quora/sts",
+    ]
+    assert [len(c) for c in grads["cosines"]] == [3] * 4
+    for row, steps in zip(history, ([0, 1], [2, 3]), strict=True):  # each epoch's own steps
+        conflicts = [grads["conflicts"][s] for s in steps]
+        assert row["conflicts"]["steps"] == 2
+        assert row["conflicts"]["conflict_fraction"] == sum(c > 0 for c in conflicts) / 2
+        assert set(row["conflicts"]["cosine"]) == set(grads["pairs"])
     config = json.loads((out / "config.json").read_text())
     assert config["scheduler_options"] == {"temperature": 0.05, "min_per_task": 2}
+    assert (config["val_fraction"], config["val_seed"], config["select_on"]) == (0.1, 0, "val")
     rc = main(
         ["evaluate", str(out / "best.pt"), "--out-dir", str(tmp_path / "ev"), "--limit", "16"]
     )
