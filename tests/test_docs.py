@@ -1,8 +1,14 @@
-"""Every ```python block in docs/*.md runs; the README's loop runs on a toy model."""
+"""Every ```python block in docs/*.md runs; the README's loop runs on a toy model.
+
+A block that needs a framework of the ``integrations`` extra that is not installed is
+skipped (with the missing name as the reason); any other failure fails.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +18,49 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+FENCE = re.compile(r"^```(\w*)\n.*?^```$", re.DOTALL | re.MULTILINE)
+IMPORT = re.compile(r"^\s*(?:from|import)\s+([\w.]+)", re.MULTILINE)
+
+#: The optional frameworks (the ``integrations`` extra) a doc block may need, by what it
+#: imports (a framework, or its ``mtlkit.integrations`` submodule). The Hugging Face
+#: ``Trainer`` refuses to run without ``accelerate`` (an ``ImportError``, not a missing
+#: module), so it is checked before the block runs.
+NEEDS = {
+    "transformers": ("transformers", "accelerate"),
+    "sentence_transformers": ("sentence_transformers", "transformers", "accelerate"),
+    "lightning": ("lightning",),
+    "datasets": ("datasets",),
+    "accelerate": ("accelerate",),
+}
+OPTIONAL = frozenset(name for names in NEEDS.values() for name in names)
 
 
 def blocks(path: Path) -> list[str]:
     return BLOCK.findall(path.read_text())
+
+
+def missing_frameworks(code: str) -> list[str]:
+    """The optional frameworks that ``code`` needs and that are not installed."""
+    needed: set[str] = set()
+    for module in IMPORT.findall(code):
+        parts = module.split(".")
+        top = parts[2] if parts[:2] == ["mtlkit", "integrations"] and len(parts) > 2 else parts[0]
+        needed.update(NEEDS.get(top, ()))
+    return sorted(name for name in needed if importlib.util.find_spec(name) is None)
+
+
+def run_block(code: str) -> None:
+    """Exec one doc block; skip it if it needs an optional framework that is missing."""
+    missing = missing_frameworks(code)
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (not installed: mtlkit[integrations])")
+    try:
+        exec(compile(code, "<doc>", "exec"), {"__name__": "__doc_example__"})
+    except ModuleNotFoundError as error:  # one the import scan above did not see
+        name = (error.name or "").split(".")[0]
+        if name not in OPTIONAL:
+            raise
+        pytest.skip(f"needs {name} (not installed: mtlkit[integrations])")
 
 
 DOC_BLOCKS = [
@@ -45,11 +90,41 @@ def restored_registries() -> Iterator[None]:
 @pytest.mark.parametrize("code", DOC_BLOCKS)
 def test_doc_example_runs(code: str) -> None:
     torch.manual_seed(0)
-    exec(compile(code, "<doc>", "exec"), {"__name__": "__doc_example__"})
+    run_block(code)
 
 
 def test_docs_have_examples() -> None:
     assert len(DOC_BLOCKS) >= 5
+
+
+def test_every_code_block_of_the_integrations_doc_runs() -> None:
+    """No snippet of docs/integrations.md escapes the test (shell commands excepted)."""
+    languages = FENCE.findall((ROOT / "docs" / "integrations.md").read_text())
+    assert set(languages) == {"python", "bash"}, languages
+    assert languages.count("python") >= 4
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["import lightning as L\n", "from mtlkit.integrations.transformers import X\n"],
+)
+def test_a_block_without_its_framework_is_skipped(
+    code: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("lightning", "accelerate"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    with pytest.raises(pytest.skip.Exception, match="lightning|accelerate"):
+        run_block(code)
+
+
+def test_a_missing_framework_seen_only_at_run_time_is_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(pytest.skip.Exception, match="datasets"):
+        run_block("import importlib\nimportlib.import_module('datasets')\n")
+    with pytest.raises(ModuleNotFoundError):  # not an optional framework: a failure
+        run_block("import mtlkit_no_such_module\n")
 
 
 def test_readme_loop_runs_on_a_toy_model() -> None:
