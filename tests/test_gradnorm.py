@@ -25,7 +25,7 @@ def _toy(alpha: float, steps: int) -> tuple[list[float], list[float]]:
         h = trunk(x)
         losses = [((heads[t](h) - targets[t]) ** 2).mean() for t in range(2)]
         engine.backward_all([losses[0], losses[1] * 100.0])
-        engine.combine()
+        engine.write_grad()
         stats = engine.stats
         assert stats is not None
         weighted = (stats.weights * stats.norms).tolist()

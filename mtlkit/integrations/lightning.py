@@ -139,7 +139,7 @@ class MultitaskModule:
     def _build_engine(self) -> TaskGradients:
         trainer = self.trainer
         if int(getattr(trainer, "world_size", 1) or 1) > 1:
-            raise NotImplementedError(
+            raise RuntimeError(
                 "MultitaskModule runs on one process: Lightning's DDP strategy averages each "
                 "task's gradient in its backward hooks, before mtlkit can combine them. Train "
                 "on one device, or write the loop with mtlkit.TaskGradients(..., "

@@ -187,7 +187,7 @@ class MultitaskTrainerMixin:
 
     def _build_engine(self, model: nn.Module) -> TaskGradients:
         if getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False):
-            raise NotImplementedError(
+            raise RuntimeError(
                 "MultitaskTrainer does not support DeepSpeed or FSDP: the per-task gradients "
                 "of the shared parameters are combined before any sharded optimizer sees "
                 "them. Use plain multi-process training (torchrun without an FSDP/DeepSpeed "
