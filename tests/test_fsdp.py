@@ -176,6 +176,7 @@ def _all_cases(rank: int, world: int) -> dict[str, Any]:
         for name in ("pcgrad", "nash-mtl"):
             results[f"{name}/{style}"] = train(name, rank, world, style=style)
     results["nonfinite"] = _nonfinite_on_one_rank(rank, world)
+    results["scaler"] = _grad_scaler_steps()
     results["graddrop"] = _graddrop_refused(world)
     return results
 
@@ -195,6 +196,33 @@ def _nonfinite_on_one_rank(rank: int, world: int) -> bool:
             loss = loss * float("nan")
         engine.backward(t, loss)
     return engine.write_grad()
+
+
+def _grad_scaler_steps() -> list[tuple[bool, float]]:
+    """A GradScaler with sharded parameters: an overflow at step 2 is skipped on every rank
+    and halves the scale; the other steps are taken."""
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = Net()
+    fully_shard(model.trunk)
+    for head in model.heads:
+        fully_shard(head)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    engine = TaskGradients(model.trunk.parameters(), mtlkit.PCGrad(), num_tasks=K, scaler=scaler)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    out = []
+    for step in range(4):
+        optimizer.zero_grad()
+        for t in range(K):
+            x, y = task_batch(step, t)
+            loss = model.task_loss(t, x, y) * (1e38 if (step, t) == (2, 1) else 1.0)
+            engine.backward(t, scaler.scale(loss))
+        ok = engine.write_grad()
+        scaler.step(optimizer)
+        scaler.update()
+        out.append((ok, float(scaler.get_scale())))
+    return out
 
 
 def _graddrop_refused(world: int) -> str:
@@ -273,6 +301,12 @@ def test_one_collective_of_k2_numbers_and_a_sharded_jacobian(ranks: Any, name: s
 def test_nonfinite_on_one_rank_is_seen_by_all(ranks: Any) -> None:
     _, results = ranks
     assert [r["nonfinite"] for r in results] == [False] * len(results)
+
+
+def test_grad_scaler_skips_an_overflow_on_every_rank(ranks: Any) -> None:
+    _, results = ranks
+    expected = [(True, 1024.0), (True, 1024.0), (False, 512.0), (True, 512.0)]
+    assert all(r["scaler"] == expected for r in results)
 
 
 def test_graddrop_refuses_sharded_parameters(ranks: Any) -> None:
