@@ -17,16 +17,12 @@ record in :mod:`examples.minbert.tasks`; this file does not name any task.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,239 +40,39 @@ from .checkpoint import (
     FullModelState,
     FullOptimizerState,
     ResumeError,
-    RunError,
-    RunFolderError,
-    RunLock,
     Stateful,
     load_checkpoint,
-    remove_stale_temporaries,
     restore,
     save_best,
     save_latest,
     write_atomic,
 )
-from .data import Collate, DataError, ExampleDataset, dataset_path, holdout_indices
-from .model import BertConfig, BertModel
-from .multitask import POOLINGS, MultitaskBert
-from .tasks import TASKS, Task, make_tasks
-from .tokenizer import BertTokenizer
-from .weights import WeightsError, load_pretrained
-
-#: The most positions a ``tiny-random`` encoder gets (BERT's); a pretrained one has its own.
-TINY_MAX_POSITIONS = 512
-#: What may pick the best epoch (``TrainConfig.select_on``).
-SELECT_ON = ("val", "dev")
-
-
-@dataclass
-class TrainConfig:
-    """Every option of a training run (saved as ``config.json`` in the run folder)."""
-
-    out_dir: str = "runs/minbert"
-    weights: str | None = None  # checkpoint folder; None: embedded all-MiniLM-L6-v2
-    init: str = "pretrained"  # or "tiny-random" (tests, smoke runs)
-    data_dir: str | None = None
-    files: dict[str, str] = field(default_factory=dict)  # e.g. {"sst-train": "path.csv"}
-    strict_data: bool = False
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))  # the rows of J, in order
-    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # {task: options}
-    pooling: str = "mean"  # or "cls", "pooler"
-    strategy: str = "pcgrad"
-    strategy_options: dict[str, Any] = field(default_factory=dict)
-    scheduler: str = "round-robin"
-    scheduler_options: dict[str, Any] = field(default_factory=dict)
-    fine_tune: str = "full-model"  # or "last-linear-layer" (encoder frozen)
-    epochs: int = 3
-    steps_per_epoch: int | None = 140  # None or 0: the scheduler's own epoch rule
-    # examples per task and step: None (each task's own), one size, or one per task
-    batch_size: int | list[int] | None = None
-    lr: float = 5e-5  # encoder
-    head_lr: float = 1e-2
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_length: int = 64
-    train_limit: int | None = None  # training examples per task, after the split (quick runs)
-    dev_limit: int | None = None
-    # The validation split: the fraction of each training file held out (never trained
-    # on) to pick the best epoch, best.pt and dynamic allocation's signal; dev is the test.
-    val_fraction: float = 0.1
-    val_seed: int = 0  # which examples are held out: not `seed`, so every run holds out the same
-    val_limit: int | None = None  # held-out examples per task scored each epoch (None: all)
-    select_on: str = "val"  # "val", or "dev" (only explicitly: its scores are then no test)
-    eval_train_limit: int = 500  # training examples per task scored each epoch
-    eval_batch_size: int = 128
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = False
-    threads: int | None = None
-    checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
-    resume: bool = False  # continue the run in out_dir from its latest.pt
-    overwrite: bool = False  # replace the run in out_dir (its files are removed)
-    progress: bool = True
-    distributed: bool = False  # data parallel: every rank holds the whole model
-    fsdp: bool = False  # sharded: FSDP2, every rank holds a shard of the model
-
-    def __post_init__(self) -> None:
-        """Check every option that does not need a file: a bad value fails here, before a
-        run starts, with :class:`~examples.minbert.checkpoint.ConfigError` (a ValueError)."""
-        if self.fine_tune not in ("full-model", "last-linear-layer"):
-            raise ConfigError("fine_tune must be 'full-model' or 'last-linear-layer'")
-        if self.init not in ("pretrained", "tiny-random"):
-            raise ConfigError(f"init must be 'pretrained' or 'tiny-random', got {self.init!r}")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        for name in ("epochs", "eval_batch_size", "eval_train_limit"):
-            _at_least(name, getattr(self, name), 1)
-        _at_least("max_length", self.max_length, 3, "([CLS] x [SEP])")
-        for name in ("train_limit", "dev_limit", "val_limit"):
-            if getattr(self, name) is not None:
-                _at_least(name, getattr(self, name), 1, "(an empty split cannot be used)")
-        for name in ("steps_per_epoch", "checkpoint_every"):
-            if getattr(self, name) is not None:
-                _at_least(name, getattr(self, name), 0)
-        if self.threads is not None:
-            _at_least("threads", self.threads, 1)
-        for name in ("lr", "head_lr", "weight_decay"):
-            value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-        fraction = self.val_fraction
-        if not _is_number(fraction) or not 0 <= fraction < 1:
-            raise ConfigError(f"val_fraction must be in [0, 1), got {fraction!r}")
-        _at_least("val_seed", self.val_seed, 0)
-        if self.select_on not in SELECT_ON:
-            raise ConfigError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
-        if self.select_on == "val" and fraction == 0:
-            raise ConfigError(
-                "val_fraction 0 holds out no validation split to select the best epoch on: "
-                "hold one out (--val-fraction 0.1) or select on the dev sets explicitly with "
-                "--select-on dev (their scores are then no test)"
-            )
-        ratio = self.warmup_ratio
-        if not _is_number(ratio) or not 0 <= ratio < 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {ratio!r}")
-        check_device(self.device)
-        if self.distributed and self.fsdp:
-            raise ConfigError("distributed and fsdp exclude each other: choose one layout")
-        if self.resume and self.overwrite:
-            raise ConfigError(
-                "resume and overwrite exclude each other: continue a run or replace it"
-            )
-        if mtlkit.normalize_name(self.strategy) not in mtlkit.list_strategies():
-            raise ConfigError(
-                f"unknown strategy {self.strategy!r}; choose one of {mtlkit.list_strategies()}"
-            )
-        if mtlkit.normalize_name(self.scheduler) not in mtlkit.list_schedulers():
-            raise ConfigError(
-                f"unknown scheduler {self.scheduler!r}; choose one of {mtlkit.list_schedulers()}"
-            )
-        self.task_records()  # unknown tasks and refused task options fail here
-        keys = [f"{t}-{split}" for t in self.tasks for split in ("train", "dev")]
-        unknown = [key for key in self.files if key not in keys]
-        if unknown:
-            raise ConfigError(
-                f"unknown file key(s) {', '.join(unknown)}: the keys of tasks "
-                f"{','.join(self.tasks)} are {', '.join(keys)}"
-            )
-        sizes = self.task_batch_sizes
-        if len(sizes) != len(self.tasks) or min(sizes) < 1:
-            raise ConfigError(
-                f"batch_size must be one size >= 1 or {len(self.tasks)} of them "
-                f"({', '.join(self.tasks)}), got {self.batch_size!r}"
-            )
-
-    def task_records(self) -> list[Task]:
-        """The records of :attr:`tasks`, built with :attr:`task_options`."""
-        return make_tasks(self.tasks, self.task_options)
-
-    @property
-    def task_batch_sizes(self) -> list[int]:
-        """Examples per step of each task, in the order of :attr:`tasks`."""
-        if self.batch_size is None:
-            return [task.batch_size for task in self.task_records()]
-        if isinstance(self.batch_size, int):
-            return [self.batch_size] * len(self.tasks)
-        return [int(b) for b in self.batch_size]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _at_least(name: str, value: Any, low: int, why: str = "") -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(
-            f"{name} must be an integer >= {low}{' ' + why if why else ''}, got {value!r}"
-        )
-
-
-def check_device(name: str) -> None:
-    """Refuse a device string torch does not know (``auto``, ``cpu``, ``cuda``, ``cuda:1``)."""
-    if name == "auto":
-        return
-    try:
-        torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(
-            f"device {name!r} is not a device (auto, cpu, cuda, cuda:N): {exc}"
-        ) from None
-
-
-#: Options that may differ between a run and its ``--resume`` (everything else must match
-#: the checkpoint's config): how long to train, where the folder now is, how often to
-#: checkpoint, and how to run (threads, device, progress bar). A changed device or number of
-#: threads can change results in the last bits; more epochs extend the learning-rate
-#: schedule (and the annealed scheduler) from the resumed step on.
-RESUMABLE = frozenset(
-    {
-        "epochs",
-        "out_dir",
-        "resume",
-        "overwrite",
-        "progress",
-        "threads",
-        "device",
-        "checkpoint_every",
-    }
+from .config import (  # noqa: F401 (re-exported: callers import them from here)
+    RESUMABLE,
+    SELECT_ON,
+    TINY_MAX_POSITIONS,
+    TrainConfig,
+    check_device,
+    option_name,
+    resumable_option_names,
+    resume_differences,
+    selection_score,
+    user_errors,
 )
-_NOT_OPTIONS = frozenset({"resume", "overwrite", "out_dir"})  # resumable, but not worth naming
-#: How an option is named in messages where it is not ``--`` + its name.
-_OPTION_NAMES = {
-    "files": "--file",
-    "task_options": "task options (--quora-*, --sts-*, --dropout, --task-arg)",
-    "strategy_options": "--strategy-arg",
-    "scheduler_options": "--scheduler-arg",
-    "progress": "--no-progress",
-    "init": "--init",
-}
-
-
-def option_name(field_name: str) -> str:
-    """The command-line name of a :class:`TrainConfig` field (``head_lr`` -> ``--head-lr``)."""
-    return _OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
-
-
-def _plain(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """A config as JSON values (tuples become lists: saved and new configs compare)."""
-    values = asdict(config) if isinstance(config, TrainConfig) else dict(config)
-    return json.loads(json.dumps(values))  # type: ignore[no-any-return]
-
-
-def resume_differences(
-    saved: TrainConfig | Mapping[str, Any], new: TrainConfig | Mapping[str, Any]
-) -> list[str]:
-    """``--lr 5e-05 -> 1.0`` for each option outside :data:`RESUMABLE` that differs (an
-    option missing from an older config counts as its default)."""
-    old, now = _plain(saved), _plain(new)
-    defaults = _plain(TrainConfig())
-    out = []
-    for f in fields(TrainConfig):
-        if f.name in RESUMABLE:
-            continue
-        a, b = old.get(f.name, defaults[f.name]), now.get(f.name, defaults[f.name])
-        if a != b:
-            out.append(f"{option_name(f.name)} {a!r} -> {b!r}")
-    return out
+from .data import Collate, ExampleDataset
+from .model import BertConfig, BertModel
+from .multitask import MultitaskBert
+from .run_folder import RUN_FILES, _on_rank0, open_run_folder  # noqa: F401
+from .splits import (  # noqa: F401
+    SPLIT_RULE,
+    TrainingData,
+    load_split,
+    load_training_data,
+    split_path,
+)
+from .tasks import Task
+from .tokenizer import BertTokenizer
+from .weights import load_pretrained
 
 
 @dataclass
@@ -289,13 +85,6 @@ class Run:
     rank: int = 0
     best_epoch: int | None = None  # the epoch of best.pt (chosen on `select_on`)
     conflicts: ConflictLog | None = None  # every step's gradient figures (gradients.json)
-
-
-def selection_score(scores: Mapping[str, float]) -> float:
-    """The overall score that picks the best epoch (-inf when it is not a number, so
-    that an epoch with a NaN score is never chosen)."""
-    value = float(scores["overall"])
-    return value if math.isfinite(value) else -math.inf
 
 
 # ------------------------------------------------------------------------------ set-up
@@ -383,138 +172,6 @@ def shard_model(model: MultitaskBert) -> None:
     for module in model.heads.modules():
         if isinstance(module, nn.Linear):
             fully_shard(module)
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Missing or bad data and weight files become :class:`ConfigError` (one line)."""
-    try:
-        yield
-    except (DataError, WeightsError, FileNotFoundError, NotADirectoryError) as exc:
-        raise ConfigError(str(exc)) from exc
-
-
-def split_path(cfg: TrainConfig, task: str, split: str) -> Path:
-    """The file of a task's split: ``cfg.files["{task}-{split}"]``, else
-    ``{task}-{split}.csv`` in the data folder (default: the shipped files)."""
-    key = f"{task}-{split}"
-    if key in cfg.files:
-        return Path(cfg.files[key])
-    return dataset_path(task, split, cfg.data_dir)  # type: ignore[arg-type]
-
-
-def load_split(
-    cfg: TrainConfig, tasks: list[Task], split: str, limit: int | None
-) -> list[ExampleDataset[Any]]:
-    """Each task's ``split`` (:func:`split_path`).
-
-    Raises:
-        ConfigError: a file is missing or unreadable, or has no usable rows.
-    """
-    datasets = []
-    for task in tasks:
-        path = split_path(cfg, task.name, split)
-        with user_errors():
-            examples = task.read(path, strict=cfg.strict_data, limit=limit)
-        if not examples:
-            raise ConfigError(
-                f"the {split} split of {task.name} is empty: {path} has no usable rows"
-            )
-        datasets.append(ExampleDataset(examples))
-    return datasets
-
-
-#: How the validation split is drawn (``split.json`` says so too).
-SPLIT_RULE = (
-    "each task's training file (its examples in file order, bad rows skipped, indices "
-    "from 0) holds out the ceil(val_fraction x N) examples i with the smallest "
-    "sha256('{val_seed}:{task}:{i}'); train_limit applies to the rest (in file order), "
-    "val_limit to the held-out examples scored each epoch (in file order)"
-)
-
-
-@dataclass
-class TrainingData:
-    """The training sets and the validation split carved from them (:func:`load_training_data`).
-
-    Attributes:
-        train: each task's examples trained on (the training file less the held-out
-            examples, then ``train_limit``).
-        val: each task's held-out examples scored each epoch (``val_limit``); empty
-            without a split (``val_fraction`` 0).
-        split: what ``split.json`` records: the rule, the options, and per task the file,
-            its number of examples, how many were held out, trained on and scored, and
-            the held-out indices; ``sha256`` identifies the held-out examples (indices and
-            ids) of every task (``None`` without a split).
-    """
-
-    train: list[ExampleDataset[Any]]
-    val: list[ExampleDataset[Any]]
-    split: dict[str, Any]
-
-    @property
-    def split_hash(self) -> str | None:
-        """The held-out examples' SHA-256 (``None`` without a split)."""
-        return self.split["sha256"]  # type: ignore[no-any-return]
-
-
-def load_training_data(cfg: TrainConfig, tasks: list[Task]) -> TrainingData:
-    """Each task's training file, less a validation split of ``cfg.val_fraction`` of it.
-
-    The split (:func:`~examples.minbert.data.holdout_indices`, seeded by
-    ``cfg.val_seed``) depends only on the files, the tasks' names, ``val_fraction`` and
-    ``val_seed``: every run of every strategy and seed holds out the same examples.
-    ``train_limit`` applies to what is left; ``val_limit`` to the held-out examples scored.
-
-    Raises:
-        ConfigError: a file is missing or unreadable, has no usable rows, or has too few to
-            hold out a validation split and keep examples to train on.
-    """
-    train, val = [], []
-    per_task: dict[str, Any] = {}
-    identity: dict[str, list[tuple[int, str]]] = {}
-    for task in tasks:
-        path = split_path(cfg, task.name, "train")
-        limit = cfg.train_limit if cfg.val_fraction == 0 else None  # the split reads all
-        with user_errors():
-            examples = task.read(path, strict=cfg.strict_data, limit=limit)
-        if not examples:
-            raise ConfigError(f"the train split of {task.name} is empty: {path} has no usable rows")
-        held = holdout_indices(len(examples), cfg.val_fraction, cfg.val_seed, task.name)
-        if len(held) >= len(examples):
-            raise ConfigError(
-                f"the train split of {task.name} ({path}) has {len(examples)} example(s): too "
-                f"few to hold out a validation split of {cfg.val_fraction} and train on the "
-                f"rest (lower --val-fraction, or --val-fraction 0 --select-on dev)"
-            )
-        held_set = set(held)
-        kept = [ex for i, ex in enumerate(examples) if i not in held_set][: cfg.train_limit]
-        out = [examples[i] for i in held]
-        scored = out[: cfg.val_limit]
-        train.append(ExampleDataset(kept))
-        val.append(ExampleDataset(scored))
-        identity[task.name] = [(i, str(getattr(examples[i], "uid", i))) for i in held]
-        per_task[task.name] = {
-            "file": str(path),
-            "examples": len(examples),
-            "held_out": len(held),
-            "trained_on": len(kept),
-            "val_scored": len(scored),
-            "held_out_indices": held,
-        }
-    digest = None
-    if cfg.val_fraction > 0:
-        text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-        digest = hashlib.sha256(text.encode()).hexdigest()
-    split = {
-        "val_fraction": cfg.val_fraction,
-        "val_seed": cfg.val_seed,
-        "select_on": cfg.select_on,
-        "rule": SPLIT_RULE if cfg.val_fraction > 0 else "no validation split (val_fraction 0)",
-        "sha256": digest,
-        "tasks": per_task,
-    }
-    return TrainingData(train, val if cfg.val_fraction > 0 else [], split)
 
 
 def build_loader(
@@ -611,103 +268,6 @@ def train_step(
     return [float(x.detach()) for x in losses]
 
 
-# ------------------------------------------------------------------------------ the run folder
-#: What a run writes to its folder (``--overwrite`` removes these and refuses other files).
-RUN_FILES = frozenset(
-    {
-        "latest.pt",
-        "best.pt",
-        "config.json",
-        "split.json",
-        "history.json",
-        "gradients.json",
-        "curves.png",
-        "conflicts.png",
-        "dev-predictions",
-        "eval",
-    }
-)
-
-
-def _is_run_file(name: str) -> bool:
-    return name in RUN_FILES or name.endswith("-confusion.txt")
-
-
-def open_run_folder(cfg: TrainConfig) -> RunLock:
-    """Lock the run folder and check it suits the run; returns the held lock.
-
-    A new run needs an empty (or new) folder, or ``overwrite`` (then the previous run's
-    files are removed; a folder with other files is refused). ``resume`` needs the folder's
-    ``latest.pt``. Temporary files that killed writers left are removed.
-
-    Raises:
-        RunFolderError: the folder is in use by another run, holds a run (or other files),
-            or has no checkpoint to resume.
-    """
-    out = Path(cfg.out_dir)
-    missing = RunFolderError(
-        f"--resume: there is no checkpoint to resume in {out} ({out / 'latest.pt'} does not "
-        f"exist); start a new run without --resume"
-    )
-    if cfg.resume and not out.is_dir():
-        raise missing  # (without creating the folder)
-    lock = RunLock(out).acquire()
-    try:
-        remove_stale_temporaries(out)
-        present = sorted(p.name for p in out.iterdir() if p.name != lock.path.name)
-        if cfg.resume:
-            if not (out / "latest.pt").is_file():
-                raise missing
-        elif present and not cfg.overwrite:
-            shown = ", ".join(present[:6]) + (", ..." if len(present) > 6 else "")
-            what = "holds a run" if "config.json" in present else "is not empty"
-            raise RunFolderError(
-                f"{out} {what} ({shown}): continue its run with --resume, replace it with "
-                f"--overwrite, or choose another --out-dir"
-            )
-        elif present:  # overwrite: remove the previous run's files, and only those
-            foreign = [name for name in present if not _is_run_file(name)]
-            if foreign:
-                raise RunFolderError(
-                    f"--overwrite replaces a run folder, and {out} also holds "
-                    f"{', '.join(foreign[:6])}: move those away or choose another --out-dir"
-                )
-            for name in present:
-                path = out / name
-                try:
-                    if path.is_dir() and not path.is_symlink():
-                        shutil.rmtree(path)
-                    else:
-                        path.unlink()
-                except OSError as exc:
-                    raise RunFolderError(f"--overwrite: could not remove {path}: {exc}") from exc
-    except BaseException:
-        lock.release()
-        raise
-    return lock
-
-
-def _on_rank0(rank: int, world: int, fn: Any) -> Any:
-    """``fn()`` on rank 0; a :class:`RunError` there is raised on every rank (no rank waits
-    forever in a collective call)."""
-    result, error = None, None
-    if rank == 0:
-        try:
-            result = fn()
-        except RunError as exc:
-            error = exc
-    if world > 1:
-        import torch.distributed as dist
-
-        box = [None if error is None else str(error)]
-        dist.broadcast_object_list(box, src=0)
-        if error is None and box[0] is not None:
-            raise RunFolderError(box[0])
-    if error is not None:
-        raise error
-    return result
-
-
 # ------------------------------------------------------------------------------ the run
 def train(cfg: TrainConfig) -> Run:
     """Train (or, with ``cfg.resume``, continue) the run ``cfg`` describes.
@@ -752,7 +312,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
             raise ResumeError(f"{latest} does not hold the options of its run") from None
         changed = resume_differences(saved, cfg)
         if changed:
-            may = ", ".join(sorted(option_name(n) for n in RESUMABLE - _NOT_OPTIONS))
+            may = ", ".join(resumable_option_names())
             raise ResumeError(
                 f"--resume continues the run in {out} with its own options, and these differ: "
                 f"{'; '.join(changed)} (only {may} may change: start a new run for others)"
