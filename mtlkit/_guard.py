@@ -18,7 +18,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-__all__ = ["NonFiniteError", "NonFiniteGuard", "NonFinitePolicy", "all_finite", "check_finite"]
+__all__ = [
+    "NonFiniteError",
+    "NonFiniteGuard",
+    "NonFinitePolicy",
+    "all_finite",
+    "check_finite",
+    "finite_flag",
+]
 
 NonFinitePolicy = Literal["raise", "skip"]
 
@@ -34,6 +41,21 @@ def all_finite(t: Tensor) -> bool:
         return True
     lo, hi = torch.aminmax(t)
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def finite_flag(gram: Tensor, losses: Tensor | None) -> Tensor:
+    """Whether every task's gradient and loss is finite, as a 0-d bool tensor on ``gram``'s
+    device: no host sync (the way ``GradScaler`` finds infs).
+
+    Reads the Gramian's diagonal only (a NaN or inf in row i of J makes ``G[i, i]`` NaN or
+    inf). The device-rule strategies replace their weights by NaN where it is false
+    (``torch.where``), so the update is NaN and the engine's one check of the combined
+    update (:meth:`mtlkit.TaskGradients.write_grad`) rejects the step and names the task.
+    """
+    finite = torch.isfinite(gram.diagonal()).all()
+    if losses is not None:
+        finite = finite & torch.isfinite(losses.detach()).all().to(finite.device)
+    return finite
 
 
 def check_finite(gram: Tensor, losses: Tensor | None) -> None:

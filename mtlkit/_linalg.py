@@ -11,7 +11,7 @@ bfloat16: relative errors of 1e-4 instead of 1e-7).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 
 import torch
 from torch import Tensor
@@ -35,7 +35,7 @@ def gramian(matrix: Tensor, chunk: int = GRAMIAN_CHUNK) -> Tensor:
     """
     if matrix.dim() != 2:
         raise ValueError(f"expected a (K, P) matrix, got shape {tuple(matrix.shape)}")
-    with autocast_off(matrix.device.type):
+    with _autocast_off_one(matrix.device.type):
         if matrix.dtype == torch.float64:
             return matrix @ matrix.T
         return _gramian(matrix, chunk)
@@ -83,6 +83,15 @@ def autocast_off(*device_types: str) -> Iterator[None]:
         yield
 
 
+def _autocast_off_one(device_type: str) -> AbstractContextManager[object]:
+    """:func:`autocast_off` for one device type, as one ``torch.autocast`` context, which
+    ``torch.compile`` traces without a graph break (an ``ExitStack`` breaks the graph)."""
+    available = getattr(torch.amp, "is_autocast_available", None)
+    if available is not None and not available(device_type):
+        return nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
 class _exact_float32_matmul:
     """Disable TF32 for CUDA float32 matrix products inside the block (restored after)."""
 
@@ -113,7 +122,7 @@ def weighted_sum(weights: Tensor, matrix: Tensor, out: Tensor | None = None) -> 
     10-15 % faster than one ``mv`` at K = 2, 3 and P = 22.7M); elsewhere it is one ``mv``.
     Autocast is off for J's device: the products run in J's dtype in any autocast region.
     """
-    with autocast_off(matrix.device.type):
+    with _autocast_off_one(matrix.device.type):
         return _weighted_sum(weights, matrix, out)
 
 

@@ -47,7 +47,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from mtlkit import _params, distributed
-from mtlkit._guard import NonFiniteError, NonFiniteGuard, NonFinitePolicy, all_finite
+from mtlkit._guard import NonFiniteError, NonFiniteGuard, NonFinitePolicy, all_finite, check_finite
 from mtlkit._linalg import autocast_off, gramian
 from mtlkit.diagnostics import GradientStats
 from mtlkit.strategies.base import GramianStrategy, LossWeighting, Strategy
@@ -587,11 +587,13 @@ class TaskGradients:
         if scale is not None:  # J and the losses were scaled: the strategy sees true ones
             jac.mul_(scale.reciprocal().to(jac.dtype))
             losses = losses / scale.to(torch.float64)
+        last_stats = self.strategy.last_stats
+        gram: Tensor | None = None
         try:
             if self._split is None:
                 update = self.strategy.combine(jac, losses)
             else:  # this rank's columns of J; the weights from the global Gramian
-                update = self._combine_split(jac, losses)
+                update, gram, losses = self._combine_split(jac, losses)
         except NonFiniteError as err:
             return self._reject(str(err), mask)
         if self._split is not None:
@@ -604,6 +606,15 @@ class TaskGradients:
         else:
             finite = all_finite(update)
         if self.strategy.check_finite and not finite:
+            if not getattr(self.strategy, "host_rule", True):
+                # A device-rule strategy flags non-finite inputs without a sync (its update
+                # is NaN): name the tasks here, on this rare path, and undo its step.
+                try:
+                    check_finite(gramian(jac) if gram is None else gram, losses)
+                except NonFiniteError as err:
+                    self.strategy.last_stats = last_stats
+                    self.strategy.discard_step()
+                    return self._reject(str(err), mask)
             return self._reject(
                 f"the combined update of {type(self.strategy).__name__} is not finite "
                 "(finite task gradients overflowed in the combination)",
@@ -614,14 +625,15 @@ class TaskGradients:
         self._add_into_grad(update, mask)
         return True
 
-    def _combine_split(self, jac: Tensor, losses: Tensor) -> Tensor:
-        """A Gramian strategy on this rank's columns of J, with the global Gramian."""
+    def _combine_split(self, jac: Tensor, losses: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """A Gramian strategy on this rank's columns of J, with the global Gramian (the
+        update, that Gramian and the global losses)."""
         assert self._split is not None and isinstance(self.strategy, GramianStrategy)
         group, gram_scale = self._split
         gram, losses = distributed.sum_gramian_over_ranks(
             gramian(jac), losses, group, gram_scale=gram_scale
         )
-        return self.strategy.combine_gramian(jac, gram, losses)
+        return self.strategy.combine_gramian(jac, gram, losses), gram, losses
 
     def _write_weighted_loss(self, strategy: LossWeighting, losses: Tensor) -> bool:
         """Loss weighting: one backward of the weighted loss -> ``.grad``; the strategy's

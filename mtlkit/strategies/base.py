@@ -22,7 +22,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
-from mtlkit._guard import NonFiniteError, check_finite
+from mtlkit._guard import NonFiniteError, check_finite, finite_flag
 from mtlkit._linalg import gramian, weighted_sum
 from mtlkit._registry import Context, Registry
 from mtlkit.diagnostics import GradientStats
@@ -71,7 +71,10 @@ class Strategy(ABC):
     needs_jacobian: ClassVar[bool] = True
 
     last_stats: GradientStats | None = None
-    #: Raise :class:`NonFiniteError` on NaN/inf gradients or losses (one small sync).
+    #: Catch NaN/inf gradients or losses. A strategy whose K x K rule runs on the host
+    #: (``host_rule``) raises :class:`NonFiniteError` naming the tasks (one small sync);
+    #: a device-rule one makes its weights NaN through a device-side flag (no sync), so
+    #: the update is NaN and the engine's check of the combined update names the tasks.
     check_finite: bool = True
 
     @abstractmethod
@@ -85,6 +88,13 @@ class Strategy(ABC):
             losses: (K,) current task losses; methods that do not use them ignore them.
             out: optional preallocated (P,) output in ``matrix``'s dtype and device.
         """
+
+    def discard_step(self) -> None:
+        """Undo what the last :meth:`combine` changed that a device-side finiteness flag
+        cannot mask (random draws from a CPU generator). The engine calls it, and restores
+        :attr:`last_stats`, when it rejects a step whose inputs were not finite; the
+        default does nothing."""
+        return
 
     def state_dict(self) -> dict[str, Any]:
         """State needed to resume exactly (empty for stateless strategies)."""
@@ -106,12 +116,24 @@ class GramianStrategy(Strategy):
     once (chunked float64 accumulation, one pass over P), records
     :class:`GradientStats`, and applies the weights in a second pass over P.
 
-    The K x K algebra runs on the CPU: for a CUDA ``J``, G (and the losses) are copied to
-    the host once per call — the one device sync of a step, which the finiteness check
-    needs anyway — and the weights are sent back asynchronously. Dozens of tiny kernel
-    launches (PCGrad's projections, MGDA's iterations, scipy-based solvers) become
-    microseconds of CPU work.
+    Where the K x K rule runs is set by :attr:`host_rule`:
+
+    * ``True`` (the default; the solver-based methods: MGDA, UPGrad, CAGrad, Nash-MTL,
+      ...): for a CUDA ``J``, G (and the losses) are copied to the host once per call —
+      the one device sync of a step, which the finiteness check needs anyway — and the
+      weights are sent back asynchronously. Iterative solvers (scipy, data-dependent loop
+      counts) become microseconds of CPU work.
+    * ``False`` (closed-form rules or a fixed number of small tensor ops: Sum, Mean,
+      Weighted, PCGrad, GradNorm): the rule runs on J's device and :meth:`combine` reads
+      no value back to the host (no ``.item()``, ``bool()``, ``.tolist()``): the
+      finiteness check is a device-side flag (:func:`mtlkit._guard.finite_flag`) that
+      turns the weights into NaN, so the update is NaN, which the engine's one check of
+      the combined update catches. ``combine`` can then be captured whole by
+      ``torch.compile(fullgraph=True)`` or a CUDA graph.
     """
+
+    #: Whether the K x K rule runs on the host (one device sync per call) or on J's device.
+    host_rule: ClassVar[bool] = True
 
     @abstractmethod
     def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
@@ -138,11 +160,25 @@ class GramianStrategy(Strategy):
         the per-shard Gramians): the weights are the same on every process and each gets
         its slice of the update.
         """
+        if not self.host_rule:
+            return self._combine_on_device(matrix, gram, losses, out)
         g, host_losses = _to_host(gram, losses)
         if self.check_finite:
             check_finite(g, host_losses)
         w = self.weights(g, host_losses)
         self.last_stats = GradientStats.from_gramian(g, w)
+        return weighted_sum(w, matrix, out=out)
+
+    def _combine_on_device(
+        self, matrix: Tensor, gram: Tensor, losses: Tensor | None, out: Tensor | None
+    ) -> Tensor:
+        """The device-rule path: no host sync; non-finite inputs give NaN weights."""
+        if losses is not None:
+            losses = losses.detach().to(device=gram.device, dtype=torch.float64)
+        w = self.weights(gram, losses)
+        if self.check_finite:
+            w = torch.where(finite_flag(gram, losses), w, torch.nan)
+        self.last_stats = GradientStats.from_gramian(gram, w)
         return weighted_sum(w, matrix, out=out)
 
 

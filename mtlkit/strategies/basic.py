@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -17,6 +17,8 @@ __all__ = ["Mean", "Sum", "Weighted"]
 class Sum(GramianStrategy):
     r"""The plain multitask update :math:`d = \sum_i g_i` (weights all 1)."""
 
+    host_rule: ClassVar[bool] = False
+
     def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
         return torch.ones(gram.shape[0], dtype=torch.float64, device=gram.device)
 
@@ -24,6 +26,8 @@ class Sum(GramianStrategy):
 @register("mean")
 class Mean(GramianStrategy):
     r"""The average of the task gradients, :math:`d = \frac1K \sum_i g_i`."""
+
+    host_rule: ClassVar[bool] = False
 
     def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
         k = gram.shape[0]
@@ -37,6 +41,8 @@ class Weighted(GramianStrategy):
     Args:
         weights: one non-negative, finite weight per task.
     """
+
+    host_rule: ClassVar[bool] = False
 
     def __init__(self, weights: Sequence[float] | Tensor) -> None:
         w = torch.as_tensor(weights, dtype=torch.float64).flatten()

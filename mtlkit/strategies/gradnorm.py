@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from mtlkit._checks import check_int, check_real
+from mtlkit._guard import finite_flag
 from mtlkit.strategies.base import GramianStrategy, register
 
 __all__ = ["GradNorm"]
@@ -43,7 +44,13 @@ class GradNorm(GramianStrategy):
         lr: step size :math:`\eta` of the weights.
         num_tasks: K, if known in advance (otherwise taken from the first call).
         min_weight: floor of a weight before renormalisation.
+
+    The rule runs on J's device without a host sync (``host_rule = False``). A step whose
+    gradients or losses are not finite moves no state: the new weights and initial losses
+    are selected with ``torch.where`` on a device-side finiteness flag.
     """
+
+    host_rule: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -73,11 +80,13 @@ class GradNorm(GramianStrategy):
             raise ValueError(f"GradNorm was set up for {self.task_weights.numel()} tasks, got {k}")
         self.task_weights = self.task_weights.to(gram.device)
         tiny = torch.finfo(torch.float64).tiny
-        if self.initial_losses is None:
-            self.initial_losses = losses.clone()
+        # State moves only on a finite step (a device flag, no sync): a skipped step keeps it.
+        finite = finite_flag(gram, losses)
+        if self.initial_losses is None:  # 0 marks "not set yet" (taken at the next step)
+            self.initial_losses = torch.where(finite, losses, 0.0)
         else:  # a task whose first loss was 0 (an empty batch) takes its first positive one
             self.initial_losses = self.initial_losses.to(gram.device)
-            unset = self.initial_losses <= tiny
+            unset = (self.initial_losses <= tiny) & finite
             self.initial_losses = torch.where(unset, losses, self.initial_losses)
         w = self.task_weights
         grad_norms = gram.diagonal().clamp(min=0).sqrt()
@@ -89,7 +98,7 @@ class GradNorm(GramianStrategy):
         target = mean_norm * rate.clamp(min=0) ** self.alpha
         step = torch.sign(weighted - target) * grad_norms / mean_norm.clamp(min=tiny)
         new_w = (w - self.lr * step).clamp(min=self.min_weight)
-        self.task_weights = new_w * (k / new_w.sum())
+        self.task_weights = torch.where(finite, new_w * (k / new_w.sum()), w)
         return w
 
     def state_dict(self) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import itertools
+import weakref
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -25,6 +27,28 @@ def draw_task_orders(k: int, generator: torch.Generator) -> Tensor:
         others = torch.cat([idx[:i], idx[i + 1 :]])
         orders[i] = others[torch.randperm(k - 1, generator=generator)]
     return orders
+
+
+# ----------------------------------------------------------------------------- compiled draws
+# torch.compile cannot trace a draw from a torch.Generator held by an object (dynamo:
+# "UserDefinedObjectVariable(Generator)", a graph break). Under compilation the draw goes
+# through this custom op instead: opaque to dynamo and inductor, it runs the strategy's
+# own draw on the CPU at run time (so its generator advances exactly as in eager mode).
+# The strategy is looked up by an integer handle (a constant of the graph); the op
+# mutates a small counter tensor, so it is neither folded nor removed by the compiler.
+_HANDLES = itertools.count()
+_DRAWERS: weakref.WeakValueDictionary[int, PCGrad] = weakref.WeakValueDictionary()
+
+
+@torch.library.custom_op("mtlkit::pcgrad_draw_orders", mutates_args=("draws",), device_types="cpu")
+def _draw_orders_op(draws: Tensor, handle: int, k: int) -> Tensor:
+    draws.add_(1)
+    return _DRAWERS[handle].draw_orders(k)
+
+
+@_draw_orders_op.register_fake
+def _(draws: Tensor, handle: int, k: int) -> Tensor:
+    return torch.empty((k, max(k - 1, 0)), dtype=torch.long)
 
 
 @register("pcgrad")
@@ -55,10 +79,19 @@ class PCGrad(GramianStrategy):
     ``others_i[torch.randperm(K - 1, generator=g)]`` with ``others_i`` the other task
     indices ascending and ``g`` this strategy's CPU generator (seeded by ``seed``).
 
+    Device and capture: the K x K rule runs on J's device without a host sync
+    (``host_rule = False``); the orders are drawn on the CPU and sent to the device as a
+    small index tensor. Under ``torch.compile`` the draw is an opaque custom op
+    (``mtlkit::pcgrad_draw_orders``) that runs the same draw at run time, so
+    ``combine`` compiles with ``fullgraph=True`` and draws what eager mode would. A step
+    the engine rejects as non-finite puts the generator back (:meth:`discard_step`).
+
     Args:
         reduction: ``"sum"`` or ``"mean"`` of the projected gradients.
         seed: seed of the strategy's own generator (``None``: drawn from torch's global RNG).
     """
+
+    host_rule: ClassVar[bool] = False
 
     def __init__(self, reduction: Literal["sum", "mean"] = "sum", seed: int | None = 0) -> None:
         if reduction not in ("sum", "mean"):
@@ -68,14 +101,37 @@ class PCGrad(GramianStrategy):
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
         self.generator.manual_seed(seed)
+        #: The generator's state before the last draw (for :meth:`discard_step`).
+        self._state_before_draw: Tensor | None = None
+        self._handle = next(_HANDLES)
+        _DRAWERS[self._handle] = self
+        self._draws = torch.zeros((), dtype=torch.long)
 
     def draw_orders(self, k: int) -> Tensor:
         """Draw the (K, K-1) matrix of projection orders (row i: the other tasks of i)."""
+        self._state_before_draw = self.generator.get_state()
         return draw_task_orders(k, self.generator)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # copies get their own handle
+        self.__dict__.update(state)
+        self._handle = next(_HANDLES)
+        _DRAWERS[self._handle] = self
+
+    def _orders(self, k: int) -> Tensor:
+        if torch.compiler.is_compiling():
+            orders: Tensor = _draw_orders_op(self._draws, self._handle, k)
+            return orders
+        return self.draw_orders(k)
+
+    def discard_step(self) -> None:
+        """Put the generator back to before the last draw (a rejected step draws nothing)."""
+        if self._state_before_draw is not None:
+            self.generator.set_state(self._state_before_draw)
+            self._state_before_draw = None
 
     def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
         k = gram.shape[0]
-        orders = self.draw_orders(k).to(gram.device, non_blocking=True)
+        orders = self._orders(k).to(gram.device, non_blocking=True)
         coef = torch.eye(k, dtype=torch.float64, device=gram.device)
         sq_norms = gram.diagonal()
         rows = torch.arange(k, device=gram.device)
@@ -113,6 +169,7 @@ class PCGrad(GramianStrategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+        self._state_before_draw = None
 
     def __repr__(self) -> str:
         return f"PCGrad(reduction={self.reduction!r})"
