@@ -118,7 +118,9 @@ def _aggregate_one(
     ours = PCGrad(seed=0)
     fns: dict[str, Callable[[], object]] = {
         "read pass": lambda: torch.sum(matrix, dim=0, out=out),
-        "mtlkit": lambda: ours.combine(matrix, out=out),
+        "mtlkit": lambda: ours.combine(matrix, out=out),  # into a preallocated update
+        "mtlkit plain": lambda: ours.combine(matrix),  # allocates its output, as TorchJD
+        "fresh output": lambda: torch.empty(p, device=device).fill_(0.0),  # alloc + touch
     }
     if torchjd is not None:
         fns["torchjd"] = lambda: torchjd(matrix)
@@ -131,8 +133,11 @@ def _aggregate_one(
     row = {"P": p, "K": k, **{f"{n} ms": 1e3 * v for n, v in t.items()}}
     row["mtlkit err"] = ((mine - ref).norm() / ref.norm()).item()
     row["mtlkit / read"] = t["mtlkit"] / t["read pass"]
+    row["plain / (out + fresh output)"] = t["mtlkit plain"] / (t["mtlkit"] + t["fresh output"])
     if "torchjd" in t:
         row["mtlkit / torchjd"] = t["mtlkit"] / t["torchjd"]
+        # like for like: both allocate their output
+        row["mtlkit plain / torchjd"] = t["mtlkit plain"] / t["torchjd"]
     # Gramian drift (TorchJD forms G = J Jᵀ in float32; its PCGrad uses its own orders)
     exact_gram = (matrix.double() @ matrix.double().T).cpu()
     norms = exact_gram.diagonal().sqrt()
