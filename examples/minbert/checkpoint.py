@@ -201,7 +201,7 @@ _TEMPORARY = re.compile(r"^\.(.+\.(pt|json|png|txt|csv))\.[A-Za-z0-9_]+\.tmp$")
 
 
 def _is_temporary(name: str) -> bool:
-    """A temporary file of :func:`write_atomic` (``.NAME.XXXXXXXX.tmp``), or the fixed
+    """A temporary file of :func:`write_atomic` (``.NAME.<random>.tmp``), or the fixed
     ``latest.pt.tmp`` / ``best.pt.tmp`` of earlier versions."""
     return name in ("latest.pt.tmp", "best.pt.tmp") or _TEMPORARY.match(name) is not None
 
