@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 def free_port() -> int:
@@ -45,3 +47,38 @@ def run_ranks(work: Callable[[int, int], Any], world: int, out: Path) -> list[An
 
     mp.spawn(_entry, args=(world, free_port(), str(out), work), nprocs=world, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
+# ----------------------------------------------------------------------------- a toy model
+#: Examples per task and step, over all ranks.
+BATCH = 8
+
+
+class Net(nn.Module):
+    """Shared trunk, one head per task (task 0: 3-class classification, others regression)."""
+
+    def __init__(self, d: int = 5, h: int = 7) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh())
+        self.heads = nn.ModuleList([nn.Linear(h, 3), nn.Linear(h, 1), nn.Linear(h, 1)])
+
+    def task_loss(self, task: int, x: Tensor, y: Tensor) -> Tensor:
+        return self.features_loss(task, self.trunk(x), y)
+
+    def features_loss(self, task: int, z: Tensor, y: Tensor) -> Tensor:
+        """Task ``task``'s loss on trunk features ``z``."""
+        out = self.heads[task](z)
+        if task == 0:
+            return F.cross_entropy(out, y.long())
+        return F.mse_loss(out.squeeze(-1), y)
+
+
+def task_batch(step: int, task: int) -> tuple[Tensor, Tensor]:
+    """The whole (all ranks) batch of ``task`` at ``step``, the same in every process."""
+    g = torch.Generator().manual_seed(1000 * step + task)
+    x = torch.randn(BATCH, 5, generator=g)
+    if task == 0:
+        y = torch.randint(0, 3, (BATCH,), generator=g).float()
+    else:
+        y = x[:, task] * (task + 1) - x[:, 0] + 0.1 * torch.randn(BATCH, generator=g)
+    return x, y

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 import mtlkit
 from mtlkit import TaskGradients
 from mtlkit.distributed import all_reduce_gradients, broadcast_parameters
-from tests.dist_utils import run_ranks
+from tests.dist_utils import BATCH, Net, run_ranks, task_batch
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -27,7 +26,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 WORLD = 2
-BATCH = 8  # per task and step, over all ranks
 STEPS = 6
 K = 3
 DTYPE = torch.float32
@@ -38,32 +36,6 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
     "gradnorm": ({"alpha": 1.0, "lr": 0.1}, "sgd"),
     "dwa": ({}, "sgd"),
 }
-
-
-class Net(nn.Module):
-    """Shared trunk, one head per task (task 0: 3-class classification, others regression)."""
-
-    def __init__(self, d: int = 5, h: int = 7) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh())
-        self.heads = nn.ModuleList([nn.Linear(h, 3), nn.Linear(h, 1), nn.Linear(h, 1)])
-
-    def task_loss(self, task: int, x: Tensor, y: Tensor) -> Tensor:
-        out = self.heads[task](self.trunk(x))
-        if task == 0:
-            return F.cross_entropy(out, y.long())
-        return F.mse_loss(out.squeeze(-1), y)
-
-
-def task_batch(step: int, task: int) -> tuple[Tensor, Tensor]:
-    """The whole (all ranks) batch of ``task`` at ``step``, the same in every process."""
-    g = torch.Generator().manual_seed(1000 * step + task)
-    x = torch.randn(BATCH, 5, generator=g, dtype=DTYPE)
-    if task == 0:
-        y = torch.randint(0, 3, (BATCH,), generator=g).to(DTYPE)
-    else:
-        y = x[:, task] * (task + 1) - x[:, 0] + 0.1 * torch.randn(BATCH, generator=g, dtype=DTYPE)
-    return x, y
 
 
 def train(name: str, rank: int = 0, world: int = 1) -> dict[str, Any]:

@@ -14,19 +14,17 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 import mtlkit
 from mtlkit import TaskGradients
-from tests.dist_utils import run_ranks
+from tests.dist_utils import BATCH, Net, run_ranks, task_batch
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
     reason="torch.distributed with the gloo backend is not available",
 )
 
-BATCH = 8  # per task and step, over all ranks
 STEPS = 6
 K = 3
 #: Strategy name -> constructor options. DWA weights the losses (one backward of the
@@ -40,38 +38,6 @@ CASES: dict[str, dict[str, Any]] = {
     "nash-mtl": {},
     "dwa": {},
 }
-
-
-class Net(nn.Module):
-    """Shared trunk, one head per task (task 0: 3-class classification, others regression)."""
-
-    def __init__(self, d: int = 5, h: int = 7) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh())
-        self.heads = nn.ModuleList([nn.Linear(h, 3), nn.Linear(h, 1), nn.Linear(h, 1)])
-
-    def task_loss(self, task: int, x: Tensor, y: Tensor) -> Tensor:
-        out = self.heads[task](self.trunk(x))
-        if task == 0:
-            return F.cross_entropy(out, y.long())
-        return F.mse_loss(out.squeeze(-1), y)
-
-    def features_loss(self, task: int, z: Tensor, y: Tensor) -> Tensor:
-        out = self.heads[task](z)
-        if task == 0:
-            return F.cross_entropy(out, y.long())
-        return F.mse_loss(out.squeeze(-1), y)
-
-
-def task_batch(step: int, task: int) -> tuple[Tensor, Tensor]:
-    """The whole (all ranks) batch of ``task`` at ``step``, the same in every process."""
-    g = torch.Generator().manual_seed(1000 * step + task)
-    x = torch.randn(BATCH, 5, generator=g)
-    if task == 0:
-        y = torch.randint(0, 3, (BATCH,), generator=g).float()
-    else:
-        y = x[:, task] * (task + 1) - x[:, 0] + 0.1 * torch.randn(BATCH, generator=g)
-    return x, y
 
 
 def full(p: Tensor) -> Tensor:
