@@ -1,0 +1,422 @@
+"""The miniBERT quality matrix v2: paired seeds, intervals, the seed paper's claims, and a
+setting where the choice of strategy should matter.
+
+Every row is a set of options of ``python -m examples.minbert train`` on top of a
+*setting*; every row runs with the same seeds as the row it is compared with (its
+baseline), so each seed gives one paired difference, and the table reports the mean
+difference of the dev overall score with its 95 % confidence interval (Student's t over
+the seeds, ``scipy.stats.t``), marked significant when the interval excludes zero.
+
+Settings:
+
+* ``main``: the main job's set-up (the example's defaults: SST cross-entropy, Quora
+  Siamese + BCE, STS 5·cos + MSE, PCGrad, round-robin).
+* ``cosent20``: the same, but STS trains with CoSENT at scale 20, a loss several times
+  larger than the other two (the loss-scale imbalance magnitude-balancing strategies are
+  meant for).
+
+Rows of ``main``: every registered strategy (``sum``, ``pcgrad`` and ``gradnorm`` with
+all seeds; the others first with seed 0 only, a screening, after which the three with the
+best *validation* score get all seeds; dev never picks anything); the seed paper's claims,
+compared with the main job's default (PCGrad, round-robin, BCE): Quora with the
+cosine-embedding loss instead of BCE, a margin growing from 0 to 0.5 over the run instead of
+a fixed 0.5 (compared with the fixed-margin row), and dynamic batch allocation instead of
+round-robin. Rows of ``cosent20``: ``sum``, ``pcgrad``, ``gradnorm`` and ``imtl-g``
+(compared with ``sum``).
+
+Each run picks its best epoch on the validation split and reports that epoch's dev scores
+(dev is the test). Runs are done seed by seed (every row's seed 0, then every row's seed
+1, ...), so an interrupted matrix still has balanced rows; results are appended to
+``<out>.json`` after every run and runs already there are skipped, so calling the command
+again resumes it. Run from the repository root::
+
+    python benchmarks/matrix.py --budget cpu --out benchmarks/results/matrix-cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from _common import machine  # noqa: E402
+
+import mtlkit  # noqa: E402
+from examples.minbert.cli import build_parser, config_from_args  # noqa: E402
+from examples.minbert.train import train  # noqa: E402
+
+METRICS = ("sst_acc", "quora_acc", "sts_pearson", "overall")
+
+#: Budgets: options of the training run that every row shares. ``full`` is the main job
+#: exactly (3 epochs x 140 steps, full training, validation and dev sets); ``cpu`` is what
+#: a 2-core CPU can run for the whole matrix in about two hours (2 epochs, so that dynamic
+#: allocation gets one update); ``tiny`` is a smoke test of the pipeline (random weights).
+BUDGETS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "cpu": dict(epochs=2, steps_per_epoch=30, dev_limit=400, val_limit=200, eval_train_limit=50),
+    "tiny": dict(
+        epochs=2,
+        steps_per_epoch=2,
+        train_limit=16,
+        dev_limit=16,
+        val_limit=16,
+        eval_train_limit=8,
+        init="tiny-random",
+    ),
+}
+
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "main": (),
+    "cosent20": ("--sts-loss", "cosent", "--sts-loss-arg", "scale=20"),
+}
+PAPER_THREE = ("sum", "pcgrad", "gradnorm")
+COSENT_STRATEGIES = ("sum", "pcgrad", "gradnorm", "imtl-g")
+#: Strategies run once but never chosen as a "best other": ``weighted`` with uniform
+#: weights is ``sum``, and ``mean`` is ``sum / K``, which AdamW (invariant to the scale of
+#: the gradient up to its epsilon) turns into the same updates.
+NOT_SCREENED = ("mean", "weighted")
+#: How many of the screened strategies get every seed.
+BEST_OTHERS = 3
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the matrix: CLI options on top of its setting's."""
+
+    key: str  # "setting/name", unique
+    setting: str
+    args: tuple[str, ...]
+    baseline: str | None  # the key of the row its paired differences are taken against
+    what: str  # the question the row answers (shown in the table)
+
+    @property
+    def name(self) -> str:
+        return self.key.split("/", 1)[1]
+
+
+def rows(total_steps: int) -> list[Row]:
+    """Every row the matrix can run (which of them get all seeds: :func:`plan`)."""
+    out = [
+        Row(
+            f"main/{s}",
+            "main",
+            ("--strategy", s),
+            None if s == "sum" else "main/sum",
+            "the main job's default" if s == "pcgrad" else "strategy vs sum",
+        )
+        for s in mtlkit.list_strategies()
+    ]
+    cosine = ("--quora-loss", "cosine-embedding")
+    out += [
+        Row(
+            "main/quora-cosine-embedding",
+            "main",
+            cosine,
+            "main/pcgrad",
+            "Quora: cosine-embedding loss (margin 0.5) vs BCE",
+        ),
+        Row(
+            "main/quora-dynamic-margin",
+            "main",
+            (*cosine, "--margin", "0", "--margin-end", "0.5", "--margin-steps", str(total_steps)),
+            "main/quora-cosine-embedding",
+            "Quora: margin 0 -> 0.5 over the run vs a fixed 0.5",
+        ),
+        Row(
+            "main/dynamic-allocation",
+            "main",
+            ("--scheduler", "dynamic"),
+            "main/pcgrad",
+            "dynamic batch allocation vs round-robin",
+        ),
+    ]
+    out += [
+        Row(
+            f"cosent20/{s}",
+            "cosent20",
+            ("--strategy", s),
+            None if s == "sum" else "cosent20/sum",
+            "strategy vs sum, STS loss ~several x the others",
+        )
+        for s in COSENT_STRATEGIES
+    ]
+    return out
+
+
+def screened_best(results: list[dict[str, Any]], count: int = BEST_OTHERS) -> list[str] | None:
+    """The ``count`` screened strategies (every one but the paper's three, seed 0 in
+    ``main``) with the best validation overall score, or ``None`` until all are screened."""
+    others = [s for s in mtlkit.list_strategies() if s not in (*PAPER_THREE, *NOT_SCREENED)]
+    val = {
+        r["key"].split("/", 1)[1]: r["val"]["overall"]
+        for r in results
+        if r["seed"] == 0 and r["key"] in {f"main/{s}" for s in others}
+    }
+    if len(val) < len(others):
+        return None
+    return sorted(val, key=lambda s: -val[s])[:count]
+
+
+def plan(all_rows: list[Row], seeds: int, results: list[dict[str, Any]]) -> list[tuple[Row, int]]:
+    """The (row, seed) runs, seed by seed (within a seed, the screening last). Screened
+    strategies run seed 0 only until the screening is complete; then the best
+    ``BEST_OTHERS`` of them get every seed."""
+    best = set(screened_best(results) or [])
+    ordered = sorted(all_rows, key=is_screened)  # the screening last within a seed
+    out = []
+    for seed in range(seeds):
+        for row in ordered:
+            if seed == 0 or not is_screened(row) or row.name in best:
+                out.append((row, seed))
+    return out
+
+
+def is_screened(row: Row) -> bool:
+    """A ``main`` strategy row other than the paper's three: seed 0 first, more if it is
+    among the best on validation."""
+    others = set(mtlkit.list_strategies()) - set(PAPER_THREE)
+    return row.setting == "main" and row.args[:1] == ("--strategy",) and row.name in others
+
+
+def config_for(row: Row, seed: int, budget: dict[str, Any], device: str, scratch: Path) -> Any:
+    argv = ["train", *SETTINGS[row.setting], *row.args, "--device", device, "--seed", str(seed)]
+    cfg = config_from_args(build_parser().parse_args(argv))
+    if cfg.strategy == "weighted":
+        cfg.strategy_options = {"weights": [1.0] * len(cfg.tasks)}
+    return dataclasses.replace(
+        cfg,
+        out_dir=str(scratch / row.key.replace("/", "-") / f"seed{seed}"),
+        progress=False,
+        overwrite=True,  # a rerun of an interrupted matrix replaces its own scratch run
+        **budget,
+    )
+
+
+def run_one(row: Row, seed: int, budget: dict[str, Any], device: str, scratch: Path) -> dict:
+    cfg = config_for(row, seed, budget, device, scratch)
+    t0 = time.perf_counter()
+    run = train(cfg)
+    wall = time.perf_counter() - t0
+    chosen = run.history[(run.best_epoch or len(run.history)) - 1]
+    steps = cfg.epochs * int(cfg.steps_per_epoch or 1)
+    summaries = [h["conflicts"] for h in run.history if h.get("conflicts")]
+    return {
+        "key": row.key,
+        "seed": seed,
+        "args": list(row.args),
+        "best_epoch": run.best_epoch,
+        "dev": {m: chosen["dev"][m] for m in METRICS},
+        "val": {m: chosen["val"][m] for m in METRICS},
+        "conflict_fraction": _weighted(summaries, "conflict_fraction"),
+        "norm_ratio": _weighted(summaries, "norm_ratio"),
+        "wall_s": wall,
+        "step_s": sum(h["seconds"] for h in run.history) / steps,
+    }
+
+
+def _weighted(summaries: list[dict[str, Any]], key: str) -> float | None:
+    """A per-epoch telemetry figure averaged over the run's steps (``None`` without
+    per-task gradients, e.g. a loss weighting)."""
+    pairs = [(s.get(key), s.get("gradient_steps") or 0) for s in summaries]
+    pairs = [(v, n) for v, n in pairs if v is not None and n]
+    total = sum(n for _, n in pairs)
+    return sum(v * n for v, n in pairs) / total if total else None
+
+
+def paired(values: list[float], baseline: list[float]) -> dict[str, float]:
+    """Mean paired difference and its two-sided 95 % Student-t interval."""
+    from scipy import stats
+
+    d = [a - b for a, b in zip(values, baseline, strict=True)]
+    n = len(d)
+    mean = statistics.fmean(d)
+    if n < 2:
+        return {"n": n, "mean": mean, "low": math.nan, "high": math.nan}
+    half = float(stats.t.ppf(0.975, n - 1)) * statistics.stdev(d) / math.sqrt(n)
+    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half}
+
+
+def summarize(all_rows: list[Row], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_key: dict[str, dict[int, dict]] = {}
+    for r in results:
+        by_key.setdefault(r["key"], {})[r["seed"]] = r
+    out = []
+    for row in all_rows:
+        runs = by_key.get(row.key)
+        if not runs:
+            continue
+        summary: dict[str, Any] = {"row": row, "seeds": sorted(runs)}
+        for m in METRICS:
+            vals = [runs[s]["dev"][m] for s in sorted(runs)]
+            summary[m] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        fractions = [
+            r["conflict_fraction"] for r in runs.values() if r["conflict_fraction"] is not None
+        ]
+        summary["conflict_fraction"] = statistics.fmean(fractions) if fractions else None
+        ratios = [r["norm_ratio"] for r in runs.values() if r.get("norm_ratio") is not None]
+        summary["norm_ratio"] = statistics.fmean(ratios) if ratios else None
+        summary["step_s"] = statistics.fmean(r["step_s"] for r in runs.values())
+        base = by_key.get(row.baseline or "", {})
+        common = sorted(set(runs) & set(base))
+        if row.baseline and common:
+            summary["diff"] = {
+                m: paired([runs[s]["dev"][m] for s in common], [base[s]["dev"][m] for s in common])
+                for m in METRICS
+            }
+            summary["step_ratio"] = statistics.fmean(
+                runs[s]["step_s"] / base[s]["step_s"] for s in common
+            )
+        out.append(summary)
+    return out
+
+
+def _diff_cell(d: dict[str, float]) -> str:
+    if d["n"] < 2:
+        return f"{d['mean']:+.4f} (n = 1)"
+    mark = " **sig.**" if d["low"] > 0 or d["high"] < 0 else ""
+    return f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]{mark}"
+
+
+def markdown(summaries: list[dict[str, Any]], header: str) -> str:
+    lines = [header, ""]
+    for setting in SETTINGS:
+        rows_here = [s for s in summaries if s["row"].setting == setting]
+        if not rows_here:
+            continue
+        lines += [
+            f"### Setting `{setting}`"
+            + (f": `{' '.join(SETTINGS[setting])}`" if SETTINGS[setting] else ""),
+            "",
+            "| row | compared with | seeds | dev overall (mean ± sd) | difference, 95 % CI | "
+            "Δ SST | Δ Quora | Δ STS r | conflict steps | max/min norm | step time ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for s in rows_here:
+            row, diff = s["row"], s.get("diff")
+            cf = s["conflict_fraction"]
+            nr = s["norm_ratio"]
+            cells = [
+                f"`{row.name}`",
+                f"`{row.baseline.split('/', 1)[1]}`" if row.baseline else "—",
+                str(len(s["seeds"])),
+                f"{s['overall'][0]:.4f} ± {s['overall'][1]:.4f}",
+                _diff_cell(diff["overall"]) if diff else "—",
+                *(f"{diff[m]['mean']:+.4f}" if diff else "—" for m in METRICS[:3]),
+                "n/a" if cf is None else f"{cf:.0%}",
+                "n/a" if nr is None else f"{nr:.1f}",
+                f"{s['step_ratio']:.2f}" if "step_ratio" in s else "—",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summaries: list[dict[str, Any]], path: Path) -> None:
+    """The paired differences with their intervals, one panel per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (setting, [s for s in summaries if s["row"].setting == setting and s.get("diff")])
+        for setting in SETTINGS
+    ]
+    panels = [(k, v) for k, v in panels if v]
+    if not panels:
+        return
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(8, 1.2 + 0.35 * sum(len(v) for _, v in panels))
+    )
+    for ax, (setting, items) in zip(list(getattr(axes, "flat", [axes])), panels, strict=True):
+        ys = range(len(items))
+        d = [s["diff"]["overall"] for s in items]
+        err = [
+            [x["mean"] - x["low"] if x["n"] > 1 else 0 for x in d],
+            [x["high"] - x["mean"] if x["n"] > 1 else 0 for x in d],
+        ]
+        ax.errorbar([x["mean"] for x in d], list(ys), xerr=err, fmt="o", capsize=3)
+        ax.axvline(0.0, color="grey", lw=1)
+        labels = [
+            f"{s['row'].name} vs {s['row'].baseline.split('/', 1)[1]} (n={len(s['seeds'])})"
+            for s in items
+        ]
+        ax.set_yticks(list(ys), labels)
+        ax.set_title(f"setting {setting}: dev overall, paired difference, 95% CI")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--rows", default=None, help="comma-separated row keys (default: all)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="benchmarks/results/matrix")
+    ap.add_argument("--scratch", default="runs/matrix")
+    ap.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    ap.add_argument("--report-only", action="store_true", help="write the table, train nothing")
+    args = ap.parse_args(argv)
+    budget = BUDGETS[args.budget]
+    steps = int(budget.get("epochs", 3)) * int(budget.get("steps_per_epoch", 140))
+    all_rows = rows(steps)
+    if args.rows:
+        wanted = args.rows.split(",")
+        unknown = set(wanted) - {r.key for r in all_rows}
+        if unknown:
+            ap.error(f"unknown rows {sorted(unknown)}; known: {[r.key for r in all_rows]}")
+        all_rows = [r for r in all_rows if r.key in wanted]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = out.with_suffix(".json")
+    results: list[dict] = json.loads(store.read_text()) if store.exists() else []
+    new = 0
+    while not args.report_only:
+        done = {(r["key"], r["seed"]) for r in results}
+        todo = [
+            (row, seed)
+            for row, seed in plan(all_rows, args.seeds, results)
+            if (row.key, seed) not in done
+        ]
+        if not todo or (args.max_runs is not None and new >= args.max_runs):
+            break
+        row, seed = todo[0]
+        print(f"[{len(done) + 1}/{len(done) + len(todo)}] {row.key} seed {seed}", flush=True)
+        record = run_one(row, seed, budget, args.device, Path(args.scratch))
+        results.append(record)
+        new += 1
+        store.write_text(json.dumps(results, indent=1))
+    summaries = summarize(all_rows, results)
+    best = screened_best(results)
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    header = (
+        f"## miniBERT quality matrix v2 (`{args.budget}` budget)\n\n"
+        f"Command: `python benchmarks/matrix.py {command}`\n\n"
+        f"Machine: {machine()}\n\nBudget: {json.dumps(budget) or 'the main job'} on top of the "
+        "main job's options. Scores: dev (the test) at the epoch chosen on the validation "
+        "split. Difference: the row's dev overall minus its baseline's, paired by seed, "
+        "mean and 95 % Student-t interval; **sig.** when the interval excludes 0. Conflict "
+        "steps: share of steps with a pair of task gradients at a negative cosine; max/min "
+        "norm: mean ratio of the largest to the smallest task-gradient norm.\n\n"
+        f"Screening (seed 0, validation overall): best others = {best or 'not complete'}."
+    )
+    text = markdown(summaries, header)
+    out.with_suffix(".md").write_text(text)
+    plot(summaries, out.with_suffix(".png"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
