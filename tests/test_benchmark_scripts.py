@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -50,3 +53,96 @@ def test_quality_matrix_pipeline_and_resume(tmp_path: Path) -> None:
     # a second call finds every run done and trains nothing new
     quality.main(argv)
     assert len(json.loads(out.with_suffix(".json").read_text())) == 5
+
+
+import matrix  # noqa: E402
+
+
+def _record(key: str, seed: int, overall: float, val: float) -> dict:
+    scores = {m: overall for m in matrix.METRICS}
+    return {
+        "key": key,
+        "seed": seed,
+        "dev": scores,
+        "val": {**scores, "overall": val},
+        "conflict_fraction": 0.5,
+        "norm_ratio": 2.0,
+        "step_s": 1.0,
+        "wall_s": 1.0,
+    }
+
+
+def test_matrix_paired_interval_is_students_t_on_the_differences() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    a = [0.731, 0.735, 0.729, 0.740, 0.733]
+    b = [0.730, 0.731, 0.730, 0.734, 0.729]
+    got = matrix.paired(a, b)
+    ref = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert got["n"] == 5
+    assert got["mean"] == pytest.approx(sum(a) / 5 - sum(b) / 5)
+    assert (got["low"], got["high"]) == pytest.approx((ref.low, ref.high))
+    one = matrix.paired([0.7], [0.6])
+    assert one["mean"] == pytest.approx(0.1) and math.isnan(one["low"])
+
+
+def test_matrix_screening_gives_all_seeds_to_the_best_on_validation_only() -> None:
+    rows = matrix.rows(total_steps=60)
+    screened = [r.name for r in rows if matrix.is_screened(r)]
+    assert "sum" not in screened and "pcgrad" not in screened and "mgda" in screened
+    # before the screening is complete, screened strategies run seed 0 only
+    runs = matrix.plan(rows, 3, [])
+    assert ("main/mgda", 1) not in {(r.key, s) for r, s in runs}
+    assert {("main/sum", 2), ("cosent20/imtl-g", 2), ("main/dynamic-allocation", 2)} <= {
+        (r.key, s) for r, s in runs
+    }
+    # within a seed, the screening comes last
+    seed0 = [r for r, s in runs if s == 0]
+    assert not any(matrix.is_screened(r) for r in seed0[: len(seed0) - len(screened)])
+    # the best three on validation win, whatever their dev score; mean/weighted never do
+    results = []
+    for i, name in enumerate(screened):
+        val = {"mgda": 0.9, "nash-mtl": 0.8, "cagrad": 0.7, "mean": 0.99}.get(name, 0.1 + i / 1000)
+        results.append(_record(f"main/{name}", 0, overall=1.0 - val, val=val))
+    assert matrix.screened_best(results) == ["mgda", "nash-mtl", "cagrad"]
+    keys = {(r.key, s) for r, s in matrix.plan(rows, 3, results)}
+    assert {("main/mgda", 2), ("main/nash-mtl", 1), ("main/cagrad", 2)} <= keys
+    assert ("main/mean", 1) not in keys and ("main/upgrad", 1) not in keys
+
+
+def test_matrix_summary_pairs_rows_by_seed_with_their_baseline() -> None:
+    rows = matrix.rows(total_steps=60)
+    results = [_record("main/sum", s, 0.70 + s / 100, 0.7) for s in range(3)]
+    results += [_record("main/pcgrad", s, 0.71 + s / 100, 0.7) for s in range(4)]
+    summary = {s["row"].key: s for s in matrix.summarize(rows, results)}
+    diff = summary["main/pcgrad"]["diff"]["overall"]
+    assert diff["n"] == 3  # seed 3 has no sum run to pair with
+    assert diff["mean"] == pytest.approx(0.01) and diff["low"] == pytest.approx(0.01)
+    table = matrix.markdown(list(summary.values()), "#")
+    assert "**sig.**" in table and "| `pcgrad` | `sum` | 4 |" in table
+
+
+def test_matrix_pipeline_and_resume(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    argv = [
+        "--budget",
+        "tiny",
+        "--seeds",
+        "2",
+        "--rows",
+        "main/sum,main/pcgrad,main/dynamic-allocation,cosent20/sum",
+        "--out",
+        str(out),
+        "--scratch",
+        str(tmp_path / "runs"),
+        "--device",
+        "cpu",
+    ]
+    matrix.main(argv)
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert len(results) == 8 and {r["best_epoch"] for r in results} <= {1, 2}
+    assert all(0.0 <= r["dev"]["overall"] <= 1.0 and r["val"] for r in results)
+    table = out.with_suffix(".md").read_text()
+    assert "| `dynamic-allocation` | `pcgrad` | 2 |" in table
+    assert "Setting `cosent20`" in table
+    matrix.main(argv)  # resumes: everything is done, nothing is trained again
+    assert len(json.loads(out.with_suffix(".json").read_text())) == 8
