@@ -39,9 +39,13 @@ import argparse
 import dataclasses
 import json
 import math
+import multiprocessing
+import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,9 +223,92 @@ def run_one(row: Row, seed: int, budget: dict[str, Any], device: str, scratch: P
         "val": {m: chosen["val"][m] for m in METRICS},
         "conflict_fraction": _weighted(summaries, "conflict_fraction"),
         "norm_ratio": _weighted(summaries, "norm_ratio"),
+        "min_cosine": min_cosine(Path(cfg.out_dir)),
         "wall_s": wall,
         "step_s": sum(h["seconds"] for h in run.history) / steps,
     }
+
+
+def execute(
+    next_runs: Callable[[list[dict[str, Any]]], list[tuple[Row, int]]],
+    results: list[dict[str, Any]],
+    store: Path,
+    budget: dict[str, Any],
+    *,
+    device: str,
+    scratch: Path,
+    jobs: int = 1,
+    max_runs: int | None = None,
+) -> None:
+    """Run what ``next_runs(results)`` plans and is not in ``results`` yet, ``jobs`` at a
+    time, appending each record to ``results`` and rewriting ``store`` after every run (so
+    an interrupted call loses at most the runs in flight). The plan is asked again after
+    every run, so runs that depend on earlier ones (the screening) join as soon as they
+    can. A run that raises is reported and not retried in this call."""
+    started = 0
+    failed: set[tuple[str, int]] = set()
+    pool = None
+    if jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        budget = {**budget, "threads": threads}
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    running: dict[Future[dict[str, Any]], tuple[str, int]] = {}
+    try:
+        while True:
+            busy = {(r["key"], r["seed"]) for r in results} | failed | set(running.values())
+            todo = [(row, seed) for row, seed in next_runs(results) if (row.key, seed) not in busy]
+            if pool is None:
+                if not todo or (max_runs is not None and started >= max_runs):
+                    return
+                row, seed = todo[0]
+                print(f"[{len(results) + 1}] {row.key} seed {seed}", flush=True)
+                started += 1
+                try:
+                    results.append(run_one(row, seed, budget, device, scratch))
+                    store.write_text(json.dumps(results, indent=1))
+                except Exception as err:  # one failing run must not lose the others
+                    print(f"  failed: {type(err).__name__}: {err}", flush=True)
+                    failed.add((row.key, seed))
+                continue
+            while todo and len(running) < jobs and (max_runs is None or started < max_runs):
+                row, seed = todo.pop(0)
+                print(f"[{len(results) + len(running) + 1}] {row.key} seed {seed}", flush=True)
+                started += 1
+                running[pool.submit(run_one, row, seed, budget, device, scratch)] = (row.key, seed)
+            if not running:
+                return
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                key = running.pop(future)
+                try:
+                    results.append(future.result())
+                    store.write_text(json.dumps(results, indent=1))
+                except Exception as err:
+                    print(f"  {key} failed: {type(err).__name__}: {err}", flush=True)
+                    failed.add(key)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def min_cosine(run_dir: Path) -> float | None:
+    """The mean over a run's steps of the most negative pairwise cosine between task
+    gradients (how strong the conflicts are, where the conflict share says how often),
+    from its ``gradients.json``; ``None`` without one."""
+    path = run_dir / "gradients.json"
+    if not path.exists():
+        return None
+    cosines = [c for c in json.loads(path.read_text()).get("cosines", []) if c]
+    return statistics.fmean(min(c) for c in cosines) if cosines else None
+
+
+def backfill(results: list[dict[str, Any]], scratch: Path) -> None:
+    """Fill ``min_cosine`` of records written before it was recorded, from their scratch
+    run folders where these still exist."""
+    for r in results:
+        if "min_cosine" not in r:
+            run_dir = scratch / r["key"].replace("/", "-") / f"seed{r['seed']}"
+            r["min_cosine"] = min_cosine(run_dir)
 
 
 def _weighted(summaries: list[dict[str, Any]], key: str) -> float | None:
@@ -265,6 +352,8 @@ def summarize(all_rows: list[Row], results: list[dict[str, Any]]) -> list[dict[s
         summary["conflict_fraction"] = statistics.fmean(fractions) if fractions else None
         ratios = [r["norm_ratio"] for r in runs.values() if r.get("norm_ratio") is not None]
         summary["norm_ratio"] = statistics.fmean(ratios) if ratios else None
+        mins = [r["min_cosine"] for r in runs.values() if r.get("min_cosine") is not None]
+        summary["min_cosine"] = statistics.fmean(mins) if mins else None
         summary["step_s"] = statistics.fmean(r["step_s"] for r in runs.values())
         base = by_key.get(row.baseline or "", {})
         common = sorted(set(runs) & set(base))
@@ -298,8 +387,9 @@ def markdown(summaries: list[dict[str, Any]], header: str) -> str:
             + (f": `{' '.join(SETTINGS[setting])}`" if SETTINGS[setting] else ""),
             "",
             "| row | compared with | seeds | dev overall (mean ± sd) | difference, 95 % CI | "
-            "Δ SST | Δ Quora | Δ STS r | conflict steps | max/min norm | step time ratio |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "Δ SST | Δ Quora | Δ STS r | conflict steps | min cosine | max/min norm | "
+            "step time ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in rows_here:
             row, diff = s["row"], s.get("diff")
@@ -313,6 +403,7 @@ def markdown(summaries: list[dict[str, Any]], header: str) -> str:
                 _diff_cell(diff["overall"]) if diff else "—",
                 *(f"{diff[m]['mean']:+.4f}" if diff else "—" for m in METRICS[:3]),
                 "n/a" if cf is None else f"{cf:.0%}",
+                "n/a" if s["min_cosine"] is None else f"{s['min_cosine']:+.3f}",
                 "n/a" if nr is None else f"{nr:.1f}",
                 f"{s['step_ratio']:.2f}" if "step_ratio" in s else "—",
             ]
@@ -367,6 +458,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="benchmarks/results/matrix")
     ap.add_argument("--scratch", default="runs/matrix")
     ap.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="runs at a time (processes; e.g. 8 on one H200)"
+    )
     ap.add_argument("--report-only", action="store_true", help="write the table, train nothing")
     args = ap.parse_args(argv)
     budget = BUDGETS[args.budget]
@@ -382,22 +476,18 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     store = out.with_suffix(".json")
     results: list[dict] = json.loads(store.read_text()) if store.exists() else []
-    new = 0
-    while not args.report_only:
-        done = {(r["key"], r["seed"]) for r in results}
-        todo = [
-            (row, seed)
-            for row, seed in plan(all_rows, args.seeds, results)
-            if (row.key, seed) not in done
-        ]
-        if not todo or (args.max_runs is not None and new >= args.max_runs):
-            break
-        row, seed = todo[0]
-        print(f"[{len(done) + 1}/{len(done) + len(todo)}] {row.key} seed {seed}", flush=True)
-        record = run_one(row, seed, budget, args.device, Path(args.scratch))
-        results.append(record)
-        new += 1
-        store.write_text(json.dumps(results, indent=1))
+    if not args.report_only:
+        execute(
+            lambda done: plan(all_rows, args.seeds, done),
+            results,
+            store,
+            budget,
+            device=args.device,
+            scratch=Path(args.scratch),
+            jobs=args.jobs,
+            max_runs=args.max_runs,
+        )
+    backfill(results, Path(args.scratch))
     summaries = summarize(all_rows, results)
     best = screened_best(results)
     command = " ".join(argv if argv is not None else sys.argv[1:])
@@ -408,7 +498,8 @@ def main(argv: list[str] | None = None) -> None:
         "main job's options. Scores: dev (the test) at the epoch chosen on the validation "
         "split. Difference: the row's dev overall minus its baseline's, paired by seed, "
         "mean and 95 % Student-t interval; **sig.** when the interval excludes 0. Conflict "
-        "steps: share of steps with a pair of task gradients at a negative cosine; max/min "
+        "steps: share of steps with a pair of task gradients at a negative cosine; min "
+        "cosine: the mean over steps of the most negative pairwise cosine; max/min "
         "norm: mean ratio of the largest to the smallest task-gradient norm.\n\n"
         f"Screening (seed 0, validation overall): best others = {best or 'not complete'}."
     )

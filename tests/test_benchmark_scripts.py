@@ -146,3 +146,33 @@ def test_matrix_pipeline_and_resume(tmp_path: Path) -> None:
     assert "Setting `cosent20`" in table
     matrix.main(argv)  # resumes: everything is done, nothing is trained again
     assert len(json.loads(out.with_suffix(".json").read_text())) == 8
+
+
+import sweep  # noqa: E402
+
+
+def test_sweep_chooses_on_validation_and_runs_in_parallel(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    argv = ["--budget", "tiny", "--grid", "lr=1e-3,1e-6", "--seeds", "2", "--jobs", "2"]
+    argv += ["--out", str(out), "--scratch", str(tmp_path / "runs"), "--device", "cpu"]
+    sweep.main(argv)
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert sorted((r["key"], r["seed"]) for r in results) == [
+        ("main/sweep:lr=1e-3", 0),
+        ("main/sweep:lr=1e-3", 1),
+        ("main/sweep:lr=1e-6", 0),
+        ("main/sweep:lr=1e-6", 1),
+    ]
+    ranked = sweep.rank(sweep.grid_rows(sweep.parse_grid(["lr=1e-3,1e-6"])), results)
+    assert ranked[0]["val"][0] >= ranked[1]["val"][0]  # validation orders, whatever dev says
+    assert f"| `{ranked[0]['label']}` (chosen) | 2 |" in out.with_suffix(".md").read_text()
+    with pytest.raises(ValueError, match="OPTION=V1"):
+        sweep.parse_grid(["lr"])
+
+
+def test_sweep_ranks_by_validation_not_dev() -> None:
+    rows = sweep.grid_rows([("lr", ["a", "b"])])
+    results = [_record("main/sweep:lr=a", s, overall=0.9, val=0.5) for s in range(2)]
+    results += [_record("main/sweep:lr=b", s, overall=0.1, val=0.6) for s in range(2)]
+    assert [r["label"] for r in sweep.rank(rows, results)] == ["lr=b", "lr=a"]
+    assert rows[1].args == ("--lr", "b")

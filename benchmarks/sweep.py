@@ -1,0 +1,137 @@
+"""Choose the miniBERT main job's defaults on the validation split, never on dev.
+
+Runs every combination of the given options (``--grid OPTION=V1,V2,...``, options of
+``python -m examples.minbert train`` without the dashes) with the same seeds, picks the
+combination with the best mean *validation* overall score (each run's best epoch is also
+chosen on validation), and reports every combination's dev score (the test) beside it —
+dev picks nothing. Runs are stored in ``<out>.json`` as they finish and skipped when the
+command is called again (resume); ``--jobs`` runs several at a time (e.g. 8 on one H200)::
+
+    python benchmarks/sweep.py --budget full --grid lr=3e-5,5e-5,7e-5 \\
+        --grid head-lr=3e-3,1e-2 --seeds 3 --jobs 8 --device cuda \\
+        --out benchmarks/results/sweep-h200
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine  # noqa: E402
+from matrix import BUDGETS, Row, execute  # noqa: E402
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    """``["lr=1e-5,2e-5", "head-lr=1e-2"]`` -> ``[("lr", ["1e-5", "2e-5"]), ...]``."""
+    grid = []
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not name or not values:
+            raise ValueError(f"--grid {item!r}: expected OPTION=V1,V2,...")
+        grid.append((name.lstrip("-"), values.split(",")))
+    return grid
+
+
+def grid_rows(grid: list[tuple[str, list[str]]]) -> list[Row]:
+    """One row per combination of the grid's values."""
+    names = [name for name, _ in grid]
+    out = []
+    for values in itertools.product(*(v for _, v in grid)):
+        label = ",".join(f"{n}={v}" for n, v in zip(names, values, strict=True))
+        args = tuple(a for n, v in zip(names, values, strict=True) for a in (f"--{n}", v))
+        out.append(Row(f"main/sweep:{label}", "main", args, None, "sweep"))
+    return out
+
+
+def rank(rows: list[Row], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each combination's mean validation and dev overall scores, best on validation
+    first (dev does not take part in the order)."""
+    out = []
+    for row in rows:
+        runs = [r for r in results if r["key"] == row.key]
+        if not runs:
+            continue
+        val = [r["val"]["overall"] for r in runs]
+        dev = [r["dev"]["overall"] for r in runs]
+        out.append(
+            {
+                "label": row.key.split(":", 1)[1],
+                "seeds": len(runs),
+                "val": (statistics.fmean(val), statistics.stdev(val) if len(val) > 1 else 0.0),
+                "dev": (statistics.fmean(dev), statistics.stdev(dev) if len(dev) > 1 else 0.0),
+                "dev_tasks": {
+                    m: statistics.fmean(r["dev"][m] for r in runs)
+                    for m in ("sst_acc", "quora_acc", "sts_pearson")
+                },
+            }
+        )
+    return sorted(out, key=lambda r: -r["val"][0])
+
+
+def markdown(ranked: list[dict[str, Any]], header: str) -> str:
+    lines = [
+        header,
+        "",
+        "| options | seeds | val overall (selects) | dev overall (test) | dev SST | dev Quora "
+        "| dev STS r |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(ranked):
+        mark = " (chosen)" if i == 0 else ""
+        t = r["dev_tasks"]
+        lines.append(
+            f"| `{r['label']}`{mark} | {r['seeds']} | {r['val'][0]:.4f} ± {r['val'][1]:.4f} | "
+            f"{r['dev'][0]:.4f} ± {r['dev'][1]:.4f} | {t['sst_acc']:.3f} | {t['quora_acc']:.3f} "
+            f"| {t['sts_pearson']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--grid", action="append", required=True, metavar="OPTION=V1,V2,...")
+    ap.add_argument("--budget", choices=sorted(BUDGETS), default="full")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="benchmarks/results/sweep")
+    ap.add_argument("--scratch", default="runs/sweep")
+    args = ap.parse_args(argv)
+    try:
+        rows = grid_rows(parse_grid(args.grid))
+    except ValueError as err:
+        ap.error(str(err))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = out.with_suffix(".json")
+    results: list[dict[str, Any]] = json.loads(store.read_text()) if store.exists() else []
+    execute(
+        lambda done: [(row, seed) for seed in range(args.seeds) for row in rows],
+        results,
+        store,
+        BUDGETS[args.budget],
+        device=args.device,
+        scratch=Path(args.scratch),
+        jobs=args.jobs,
+    )
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    header = (
+        f"## miniBERT defaults chosen on the validation split (`{args.budget}` budget)\n\n"
+        f"Command: `python benchmarks/sweep.py {command}`\n\nMachine: {machine()}\n\n"
+        "Every run picks its best epoch on validation; the combination with the best mean "
+        "validation overall is chosen; dev (the test) is shown and chooses nothing."
+    )
+    text = markdown(rank(rows, results), header)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
