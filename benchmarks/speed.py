@@ -12,26 +12,50 @@ Sections (each prints a table; all of it is written to ``--out``, a Markdown fil
    per-task backward through the encoder vs the representation-level ``SharedFeatures``.
 3. **memory** — peak resident memory of the PCGrad loop minus the summed loop, each in a
    fresh process, against the budget 1.1 x K x P x 4 bytes.
+4. **endtoend** — K task losses -> the combined gradient in the shared parameters' ``.grad``,
+   each library on the same model (a Linear/tanh trunk of about P = ``--sizes`` shared
+   parameters, K linear heads, one fixed batch of ``--batch`` rows): every timed call zeroes
+   the grads, runs the forward pass and the K losses, backpropagates and leaves the
+   combined update in ``.grad``. mtlkit: ``TaskGradients.backward_all`` (one backward per
+   task, and ``mode="batched"``) + ``write_grad``; TorchJD: ``autojac.mtl_backward`` (heads
+   get their task's gradient, as with mtlkit) + ``autojac.jac_to_grad``, and
+   ``autojac.backward(losses, inputs=shared)`` + ``jac_to_grad`` (shared parameters only);
+   and ``sum(losses).backward()``, the cost without a multitask method. Each library's
+   ``.grad`` is checked against a float64 reference built from plain per-task autograd
+   gradients, and against each other (``--aggregators``: PCGrad and UPGrad). TorchJD's
+   PCGrad draws its task orders from torch's global generator, so it is compared for K = 2
+   only (one order); its UPGrad adds a ridge of 1e-4 to the trace-normalised Gramian by
+   default, which moves its update by about 1e-4 to 1e-3 (relative) from the exact one.
+   Columns: medians in ms, their ratios, ``min cos`` (the most negative cosine between two
+   tasks' gradients: the tasks conflict by construction), and the ``err`` figures, each
+   max |a - b| / max |b| over the flattened gradients (``mtlkit err``: the worse of its two
+   modes, shared and head gradients; ``mtlkit vs torchjd``: the shared ``.grad``).
 
 Run from the repository root::
 
     python benchmarks/speed.py --out benchmarks/results/speed-cpu.md
 
-Needs the ``minbert`` and ``bench`` extras (TorchJD is skipped with a note if missing).
+Needs the ``minbert`` and ``bench`` extras (TorchJD is skipped with a note if missing; its
+UPGrad also needs ``torchjd[quadprog_projector]``). The end-to-end section alone::
+
+    python benchmarks/speed.py --sections endtoend --out benchmarks/results/e2e-cpu.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -83,7 +107,12 @@ def port_style_pcgrad(matrix: torch.Tensor, gen: torch.Generator) -> torch.Tenso
 def exact_pcgrad(matrix: torch.Tensor, seed: int) -> torch.Tensor:
     """Yu et al. 2020 Algorithm 1 in float64 P-space with mtlkit's documented orders."""
     k = matrix.shape[0]
-    orders = PCGrad(seed=seed).draw_orders(k).tolist()
+    return pcgrad_with_orders(matrix, PCGrad(seed=seed).draw_orders(k).tolist())
+
+
+def pcgrad_with_orders(matrix: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
+    """Yu et al. 2020 Algorithm 1 in float64 P-space; task i visits the others in orders[i]."""
+    k = matrix.shape[0]
     j64 = matrix.double()
     total = torch.zeros_like(j64[0])
     for i in range(k):
@@ -157,6 +186,300 @@ def aggregation(sizes: list[int], ks: list[int], repeats: int, device: torch.dev
             row = _aggregate_one(p, k, repeats, device, torchjd)
             print(json.dumps(row))
             rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- end to end
+#: The end-to-end model: a trunk of TRUNK_DEPTH Linear + tanh blocks of one width (the
+#: shared parameters) and K Linear(width, HEAD_OUT) heads, each with a mean squared error.
+TRUNK_DEPTH = 4
+HEAD_OUT = 4
+#: Aggregators of the end-to-end section: mtlkit's strategy name -> TorchJD's class name.
+ENDTOEND_AGGREGATORS = {"pcgrad": "PCGrad", "upgrad": "UPGrad"}
+#: Largest K for which the exact UPGrad reference (2^K active sets per task) is computed.
+UPGRAD_REFERENCE_MAX_K = 12
+
+
+def _flat(tensors: list[Tensor | None]) -> Tensor:
+    """The tensors flattened and concatenated, float64 on the CPU (a missing one raises)."""
+    if any(t is None for t in tensors):
+        raise RuntimeError("a gradient was not written")
+    return torch.cat([t.detach().reshape(-1).double().cpu() for t in tensors if t is not None])
+
+
+def max_rel_diff(got: Tensor, ref: Tensor) -> float:
+    """max |got - ref| / max |ref| (float64)."""
+    return float((got.double() - ref.double()).abs().max() / ref.double().abs().max())
+
+
+class EndToEndProblem:
+    """A shared trunk of about ``p`` parameters, ``k`` task heads and one fixed batch.
+
+    The heads share one weight direction and the targets of even and odd tasks have
+    opposite signs, so tasks conflict (PCGrad and UPGrad then differ from the sum).
+    """
+
+    def __init__(self, p: int, k: int, batch: int, device: torch.device, seed: int = 0) -> None:
+        width = max(2, round(math.sqrt(p / TRUNK_DEPTH)))
+        with torch.random.fork_rng(devices=[]):  # seeded, leaving torch's generator alone
+            torch.manual_seed(seed)
+            blocks: list[nn.Module] = []
+            for _ in range(TRUNK_DEPTH):
+                blocks += [nn.Linear(width, width), nn.Tanh()]
+            trunk = nn.Sequential(*blocks)
+            heads = nn.ModuleList(nn.Linear(width, HEAD_OUT) for _ in range(k))
+        with torch.no_grad():
+            common = heads[0].weight.clone()
+            for head in heads:
+                head.weight.mul_(0.5).add_(common)
+        self.trunk, self.heads = trunk.to(device), heads.to(device)
+        gen = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(batch, width, generator=gen).to(device)
+        shared_target = 2.0 * torch.randn(batch, HEAD_OUT, generator=gen)
+        self.targets = [
+            ((-1.0) ** t * shared_target + torch.randn(batch, HEAD_OUT, generator=gen)).to(device)
+            for t in range(k)
+        ]
+        self.shared = list(self.trunk.parameters())
+        self.head_params = [list(head.parameters()) for head in self.heads]
+        self.params = [*self.shared, *(q for ps in self.head_params for q in ps)]
+        self.numel = sum(q.numel() for q in self.shared)
+
+    def zero_grad(self) -> None:
+        for q in self.params:
+            q.grad = None
+
+    def forward(self) -> tuple[Tensor, list[Tensor]]:
+        """The trunk's features and the K task losses."""
+        z = self.trunk(self.x)
+        losses = [
+            nn.functional.mse_loss(head(z), y)
+            for head, y in zip(self.heads, self.targets, strict=True)
+        ]
+        return z, losses
+
+    def reference(self) -> tuple[Tensor, list[Tensor]]:
+        """Per-task gradients by plain autograd, one task at a time: J (K x P) and each
+        head's own gradient, flat, float64 on the CPU."""
+        _, losses = self.forward()
+        n, k = len(self.shared), len(losses)
+        rows, heads = [], []
+        for t, loss in enumerate(losses):
+            grads = torch.autograd.grad(
+                loss, [*self.shared, *self.head_params[t]], retain_graph=t < k - 1
+            )
+            rows.append(_flat(list(grads[:n])))
+            heads.append(_flat(list(grads[n:])))
+        return torch.stack(rows), heads
+
+
+def dual_cone_weights(gram: Tensor, u: Tensor) -> Tensor:
+    """argmin over v >= u of vᵀ G v, for a positive definite K x K ``gram`` (float64).
+
+    Exact, by trying every set of free coordinates (2^K, small K): with the others held
+    at u, the free ones solve (G v)_free = 0; the optimum is the one that meets the KKT
+    conditions, v_free >= u_free and (G v)_held >= 0.
+    """
+    k = u.shape[0]
+    scale = float(gram.diagonal().max())
+    for mask in range(2**k):
+        free = torch.tensor([i for i in range(k) if mask >> i & 1], dtype=torch.long)
+        held = torch.tensor([i for i in range(k) if not mask >> i & 1], dtype=torch.long)
+        v = u.clone()
+        if len(free):
+            rhs = -(gram[free][:, held] @ u[held])
+            v[free] = torch.linalg.solve(gram[free][:, free], rhs)
+        if bool((v[free] >= u[free] - 1e-9).all()) and bool(
+            ((gram @ v)[held] >= -1e-9 * scale).all()
+        ):
+            return v
+    raise RuntimeError("no active set satisfies the KKT conditions (is G singular?)")
+
+
+def upgrad_reference(matrix: Tensor) -> Tensor:
+    """UPGrad (Quinton & Rey 2024) in float64: the mean of the rows' projections onto the
+    dual cone of the rows, the projection of g_i being vᵀJ with v = argmin_{v >= e_i} vᵀGv."""
+    j64 = matrix.double()
+    k = j64.shape[0]
+    gram = j64 @ j64.T
+    eye = torch.eye(k, dtype=torch.float64)
+    weights = torch.stack([dual_cone_weights(gram, eye[i]) for i in range(k)]).sum(dim=0)
+    return (weights / k) @ j64
+
+
+def _mtlkit_strategy(name: str, k: int) -> mtlkit.Strategy:
+    return mtlkit.get_strategy(name, context=mtlkit.Context(num_tasks=k, seed=0))
+
+
+def _torchjd_endtoend() -> dict[str, Any] | None:
+    try:
+        import torchjd.aggregation
+        from torchjd.autojac import backward, jac_to_grad, mtl_backward
+    except ImportError:
+        print("torchjd not installed (pip install -e '.[bench]'): skipping its columns")
+        return None
+    return {
+        "aggregation": torchjd.aggregation,
+        "backward": backward,
+        "jac_to_grad": jac_to_grad,
+        "mtl_backward": mtl_backward,
+    }
+
+
+def _torchjd_aggregator(tjd: dict[str, Any] | None, name: str) -> Any | None:
+    if tjd is None:
+        return None
+    cls = ENDTOEND_AGGREGATORS[name]
+    try:
+        return getattr(tjd["aggregation"], cls)()
+    except ImportError as err:  # e.g. UPGrad's quadprog projector without its extras
+        print(f"torchjd {cls} unavailable ({err}): skipping its columns")
+        return None
+
+
+def _endtoend_one(
+    name: str,
+    p: int,
+    k: int,
+    batch: int,
+    repeats: int,
+    device: torch.device,
+    tjd: dict[str, Any] | None,
+) -> dict:
+    prob = EndToEndProblem(p, k, batch, device)
+    engines = {
+        "mtlkit": TaskGradients(prob.shared, _mtlkit_strategy(name, k), num_tasks=k),
+        "mtlkit batched": TaskGradients(prob.shared, _mtlkit_strategy(name, k), num_tasks=k),
+    }
+
+    def summed() -> None:
+        prob.zero_grad()
+        _, losses = prob.forward()
+        sum(losses).backward()  # type: ignore[union-attr]
+
+    def ours() -> None:
+        prob.zero_grad()
+        _, losses = prob.forward()
+        engines["mtlkit"].backward_all(losses)  # one backward per task through the trunk
+        engines["mtlkit"].write_grad()
+
+    def ours_batched() -> None:
+        prob.zero_grad()
+        _, losses = prob.forward()
+        engines["mtlkit batched"].backward_all(losses, mode="batched")
+        engines["mtlkit batched"].write_grad()
+
+    fns: dict[str, Callable[[], object]] = {
+        "summed": summed,
+        "mtlkit": ours,
+        "mtlkit batched": ours_batched,
+    }
+    aggregator = _torchjd_aggregator(tjd, name)
+    if tjd is not None and aggregator is not None:
+        mtl_backward, backward, jac_to_grad = (
+            tjd["mtl_backward"],
+            tjd["backward"],
+            tjd["jac_to_grad"],
+        )
+
+        def theirs() -> None:
+            prob.zero_grad()
+            z, losses = prob.forward()
+            mtl_backward(
+                losses, features=z, tasks_params=prob.head_params, shared_params=prob.shared
+            )
+            jac_to_grad(prob.shared, aggregator)
+
+        def theirs_backward() -> None:  # the shared parameters only: no head gets a .grad
+            prob.zero_grad()
+            _, losses = prob.forward()
+            backward(losses, inputs=prob.shared)
+            jac_to_grad(prob.shared, aggregator)
+
+        fns["torchjd"] = theirs
+        fns["torchjd backward"] = theirs_backward
+    t = timed(fns, repeats, device)
+
+    # Agreement: one more call of each (after the timed ones, so a call that leaves stale
+    # gradients behind shows), against float64 rules on plain per-task autograd gradients.
+    ref_j, ref_heads = prob.reference()
+    gram = ref_j @ ref_j.T
+    norms = gram.diagonal().sqrt()
+    cos = gram / (norms[:, None] * norms[None, :])
+    # TorchJD's PCGrad draws its task orders from torch's global generator: its update is
+    # comparable only when the order does not matter (K = 2)
+    comparable = name != "pcgrad" or k == 2
+    errs: dict[str, float] = {}
+    grads: dict[str, Tensor] = {}
+    for label, fn in fns.items():
+        if label.startswith("torchjd") and not comparable:
+            continue
+        engine = engines.get(label)
+        strategy = engine.strategy if engine is not None else None
+        state = strategy.generator.get_state() if isinstance(strategy, PCGrad) else None
+        fn()
+        sync(device)
+        grads[label] = _flat([q.grad for q in prob.shared])
+        if label == "summed":
+            ref = ref_j.sum(dim=0)
+        elif name == "pcgrad":
+            if state is None:  # TorchJD (K = 2): the only order
+                orders = [[j for j in range(k) if j != i] for i in range(k)]
+            else:  # the orders the engine's strategy drew in that call
+                replay = PCGrad(seed=0)
+                replay.generator.set_state(state)
+                orders = replay.draw_orders(k).tolist()
+            ref = pcgrad_with_orders(ref_j, orders)
+        elif k <= UPGRAD_REFERENCE_MAX_K:
+            ref = upgrad_reference(ref_j)
+        else:
+            continue
+        err = max_rel_diff(grads[label], ref)
+        if label != "torchjd backward":  # every head gets its own task's gradient
+            for params, ref_head in zip(prob.head_params, ref_heads, strict=True):
+                err = max(err, max_rel_diff(_flat([q.grad for q in params]), ref_head))
+        errs[label] = err
+
+    row: dict[str, object] = {"aggregator": name, "P": prob.numel, "K": k}
+    row["min cos"] = float(cos.masked_fill(torch.eye(k, dtype=torch.bool), 1.0).min())
+    row.update({f"{n} ms": 1e3 * v for n, v in t.items()})
+    if "torchjd" in t:
+        row["mtlkit / torchjd"] = t["mtlkit"] / t["torchjd"]
+        row["mtlkit batched / torchjd"] = t["mtlkit batched"] / t["torchjd"]
+    for label in ("mtlkit", "mtlkit batched", "torchjd", "torchjd backward"):
+        if label in t:
+            row[f"{label} / summed"] = t[label] / t["summed"]
+    row["summed err"] = errs["summed"]
+    if "mtlkit" in errs:
+        row["mtlkit err"] = max(errs["mtlkit"], errs["mtlkit batched"])
+    if "torchjd" in errs:
+        row["torchjd err"] = max(errs["torchjd"], errs["torchjd backward"])
+    if "torchjd" in grads:
+        row["mtlkit vs torchjd"] = max(
+            max_rel_diff(grads[label], grads["torchjd"]) for label in ("mtlkit", "mtlkit batched")
+        )
+    return row
+
+
+def endtoend(
+    sizes: list[int],
+    ks: list[int],
+    repeats: int,
+    device: torch.device,
+    batch: int,
+    aggregators: list[str],
+) -> list[dict]:
+    unknown = [a for a in aggregators if a not in ENDTOEND_AGGREGATORS]
+    if unknown:
+        raise ValueError(f"end-to-end aggregators are {list(ENDTOEND_AGGREGATORS)}, got {unknown}")
+    tjd = _torchjd_endtoend()
+    rows = []
+    for name in aggregators:
+        for p in sizes:
+            for k in ks:
+                row = _endtoend_one(name, p, k, batch, repeats, device, tjd)
+                print(json.dumps(row))
+                rows.append(row)
     return rows
 
 
@@ -349,14 +672,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--sizes", default="22700000", help="comma-separated P values")
     ap.add_argument("--ks", default="2,3,8")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--sections", default="aggregation,step,memory")
+    ap.add_argument("--sections", default="aggregation,endtoend,step,memory")
+    ap.add_argument(
+        "--aggregators",
+        default="pcgrad,upgrad",
+        help="end-to-end section: the aggregators compared (pcgrad, upgrad)",
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--weights", default=None, help="checkpoint folder (default: embedded)")
     ap.add_argument(
@@ -365,7 +693,7 @@ def main() -> None:
         help="random weights of --weights' config.json (timing only)",
     )
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args._child:
         _peak_child(args._child, args.batch, 3)
         return
@@ -374,7 +702,7 @@ def main() -> None:
     sections = args.sections.split(",")
     report = [
         f"# mtlkit speed benchmark\n\nCommand: `python benchmarks/{Path(__file__).name} "
-        + " ".join(sys.argv[1:])
+        + " ".join(sys.argv[1:] if argv is None else argv)
         + f"`\n\nMachine: {machine()}\n"
     ]
     if "aggregation" in sections:
@@ -385,6 +713,19 @@ def main() -> None:
             device,
         )
         report.append("## PCGrad aggregation (medians, interleaved)\n\n" + table(rows) + "\n")
+    if "endtoend" in sections:
+        rows = endtoend(
+            [int(s) for s in args.sizes.split(",")],
+            [int(k) for k in args.ks.split(",")],
+            args.repeats,
+            device,
+            args.batch,
+            args.aggregators.split(","),
+        )
+        report.append(
+            f"## End to end: K losses -> combined .grad, batch {args.batch} "
+            "(medians, interleaved; err: max relative difference)\n\n" + table(rows) + "\n"
+        )
     if "step" in sections:
         res = steps(device, args.batch, args.repeats)
         report.append("## miniBERT step, 3 tasks (medians, interleaved)\n\n" + table([res]) + "\n")
