@@ -73,8 +73,9 @@ class Strategy(ABC):
     last_stats: GradientStats | None = None
     #: Catch NaN/inf gradients or losses. A strategy whose K x K rule runs on the host
     #: (``host_rule``) raises :class:`NonFiniteError` naming the tasks (one small sync);
-    #: a device-rule one makes its weights NaN through a device-side flag (no sync), so
-    #: the update is NaN and the engine's check of the combined update names the tasks.
+    #: a device-rule one (and a loss weighting's ``combine``) makes its weights NaN
+    #: through a device-side flag (no sync), so the update is NaN and the engine's check
+    #: of the combined update names the tasks.
     check_finite: bool = True
 
     @abstractmethod
@@ -209,9 +210,27 @@ class LossWeighting(Strategy):
     step costs. :meth:`combine` still works on a given J (weights the rows with
     :meth:`loss_weights`, then calls :meth:`accept`), so every strategy can be used
     through the same interface.
+
+    No host sync: :meth:`loss_weights`, :meth:`weighted_loss`, :meth:`accept` and
+    :meth:`combine` read no value back to the host (random draws come from a CPU
+    generator, which reads no device value), so a CUDA step waits for nothing and the
+    calls compile with ``torch.compile(fullgraph=True)``. :meth:`combine` checks
+    finiteness as the device-rule Gramian strategies do: a device-side flag
+    (:func:`mtlkit._guard.finite_flag`) turns the weights, hence the update, into NaN,
+    and the tensors of the state that :meth:`accept` replaces (listed in
+    :attr:`step_state`) keep their values through ``torch.where``. What a flag cannot
+    mask (a Python counter, a state set for the first time, a CPU generator's draw) is
+    put back by :meth:`discard_step`, which a caller that finds the update non-finite
+    calls (as the engine does for a device-rule strategy).
     """
 
     needs_jacobian: ClassVar[bool] = False
+    #: The attributes :meth:`accept` may replace (it never changes them in place): saved
+    #: by :meth:`combine` so that a non-finite step keeps their values, and
+    #: :meth:`discard_step` can put them back.
+    step_state: ClassVar[tuple[str, ...]] = ()
+    #: The :attr:`step_state` before the last :meth:`combine` (for :meth:`discard_step`).
+    _state_before_step: dict[str, Any] | None = None
 
     @abstractmethod
     def loss_weights(self, losses: Tensor) -> Tensor:
@@ -232,18 +251,53 @@ class LossWeighting(Strategy):
     def combine(
         self, matrix: Tensor, losses: Tensor | None = None, *, out: Tensor | None = None
     ) -> Tensor:
+        """``wᵀJ`` with the weights of :meth:`loss_weights`, then :meth:`accept`.
+
+        No host sync: non-finite gradients or losses make the weights (hence the update)
+        NaN through a device-side flag, and the tensors of the state keep their values;
+        :meth:`discard_step` puts back what the flag cannot mask.
+        """
         _check_inputs(matrix, losses)
         if losses is None:
             raise ValueError(f"{type(self).__name__} weights the losses: pass losses=")
-        g = _to_host(gramian(matrix), None)[0]
-        if self.check_finite:
-            check_finite(g, losses)
+        gram = gramian(matrix)
         values = losses.detach()
-        w = self.loss_weights(values).to(torch.float64)
-        self.last_stats = GradientStats.from_gramian(g, w)
+        before = {name: getattr(self, name) for name in self.step_state}
+        w = self.loss_weights(values).to(device=gram.device, dtype=torch.float64)
+        finite = finite_flag(gram, values) if self.check_finite else None
+        if finite is not None:
+            w = torch.where(finite, w, torch.nan)
+        self.last_stats = GradientStats.from_gramian(gram, w)
         update = weighted_sum(w, matrix, out=out)
         self.accept(values)
+        if finite is not None:
+            for name, old in before.items():
+                setattr(self, name, _keep_where(finite, getattr(self, name), old))
+        self._state_before_step = before
         return update
+
+    def discard_step(self) -> None:
+        """Put back the state the last :meth:`combine` moved (its :attr:`step_state`),
+        for a step whose update was found non-finite."""
+        before = self._state_before_step
+        if before is not None:
+            for name, old in before.items():
+                setattr(self, name, old)
+            self._state_before_step = None
+
+
+def _keep_where(finite: Tensor, new: Any, old: Any) -> Any:
+    """``new`` where the 0-d device flag ``finite`` is true, else ``old``, for a state
+    value of the same structure (a tensor of one shape, dtype and device, or a list of
+    them); any other value (a Python number, a state set for the first time) is ``new``:
+    the flag cannot choose it without a host read (:meth:`LossWeighting.discard_step`
+    puts it back)."""
+    if isinstance(new, Tensor) and isinstance(old, Tensor):
+        same = new.shape == old.shape and new.dtype == old.dtype and new.device == old.device
+        return torch.where(finite.to(new.device), new, old) if same else new
+    if isinstance(new, list) and isinstance(old, list) and len(new) == len(old):
+        return [_keep_where(finite, a, b) for a, b in zip(new, old, strict=True)]
+    return new
 
 
 # ----------------------------------------------------------------------------- registry

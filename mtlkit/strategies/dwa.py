@@ -44,10 +44,18 @@ class DWA(LossWeighting):
     State: the last two period averages, the running sum of the current period and the
     current weights (``state_dict``).
 
+    No host sync: the weights, the running sums and the ratios stay on the losses'
+    device; only the step count within a period is a Python number. ``combine`` on
+    non-finite gradients or losses gives a NaN update and keeps the state's values
+    (a device-side flag); within a period of more than one step it still counts the
+    step, which :meth:`discard_step` undoes.
+
     Args:
         temperature: T > 0.
         period: number of calls per period, or ``None`` for :meth:`end_period` only.
     """
+
+    step_state = ("history", "running", "count", "current")
 
     def __init__(self, temperature: float = 2.0, period: int | None = 1) -> None:
         if period is not None:
@@ -65,7 +73,9 @@ class DWA(LossWeighting):
             raise ValueError(f"DWA was set up for {self.running.numel()} tasks, got {k}")
         if self.current is None:
             return torch.ones(k, dtype=torch.float64, device=losses.device)
-        return self.current.to(losses.device)
+        if self.current.device != losses.device:  # once (e.g. after load_state_dict)
+            self.current = self.current.to(losses.device)
+        return self.current
 
     def accept(self, losses: Tensor) -> None:
         """Add the step's losses to the current period (closing it after ``period``

@@ -57,6 +57,11 @@ class FAMO(LossWeighting):
 
     State: the logits and the last losses (``state_dict``).
 
+    No host sync: the logits, the last losses and the lower bounds live on the losses'
+    device (the bounds are moved there once). ``combine`` on non-finite gradients or
+    losses gives a NaN update and keeps the logits and last losses (a device-side flag);
+    at the very first call, which sets the last losses, :meth:`discard_step` undoes it.
+
     Args:
         num_tasks: K, if known in advance (otherwise taken from the first call).
         lr: :math:`\beta`.
@@ -65,6 +70,8 @@ class FAMO(LossWeighting):
         eps: :math:`\epsilon`.
         auto_update: see above.
     """
+
+    step_state = ("logits", "last_losses")
 
     def __init__(
         self,
@@ -91,7 +98,9 @@ class FAMO(LossWeighting):
 
     def _shifted(self, losses: Tensor) -> Tensor:
         values = losses.detach().to(torch.float64)
-        lower = self.min_losses.to(values.device)
+        if self.min_losses.device != values.device:  # once: no copy per step
+            self.min_losses = self.min_losses.to(values.device)
+        lower = self.min_losses
         if lower.numel() not in (1, values.numel()):
             raise ValueError(f"FAMO has {lower.numel()} min_losses, got {values.numel()} losses")
         return (values - lower).clamp(min=0) + self.eps

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from typing import Any, Literal
 
 import torch
@@ -12,6 +14,39 @@ from mtlkit.strategies.base import LossWeighting, register
 __all__ = ["RLW"]
 
 Distribution = Literal["normal", "uniform", "dirichlet"]
+
+# ----------------------------------------------------------------------------- compiled draws
+# torch.compile cannot trace a draw from a torch.Generator held by an object (a graph
+# break, as for PCGrad). Under compilation the draws go through these custom ops instead:
+# opaque to dynamo and inductor, they run the strategy's own draw on the CPU at run time,
+# so its generator moves exactly as in eager mode. The strategy is looked up by an integer
+# handle (a constant of the graph); both ops mutate a small counter tensor, so they keep
+# their order (the step's draw is read before the generator moves past it) and are
+# neither folded nor removed by the compiler.
+_HANDLES = itertools.count()
+_DRAWERS: weakref.WeakValueDictionary[int, RLW] = weakref.WeakValueDictionary()
+
+
+@torch.library.custom_op("mtlkit::rlw_peek", mutates_args=("draws",), device_types="cpu")
+def _peek_op(draws: Tensor, handle: int, k: int) -> Tensor:
+    draws.add_(0)
+    return _DRAWERS[handle].peek(k)
+
+
+@_peek_op.register_fake
+def _(draws: Tensor, handle: int, k: int) -> Tensor:
+    return torch.empty(k, dtype=torch.float64)
+
+
+@torch.library.custom_op("mtlkit::rlw_advance", mutates_args=("draws",), device_types="cpu")
+def _advance_op(draws: Tensor, handle: int, k: int) -> None:
+    draws.add_(1)
+    _DRAWERS[handle].advance(k)
+
+
+@_advance_op.register_fake
+def _(draws: Tensor, handle: int, k: int) -> None:
+    return None
 
 
 @register("rlw")
@@ -33,6 +68,13 @@ class RLW(LossWeighting):
     step): :meth:`loss_weights` reads the step's draw, :meth:`accept` (called once the
     step is taken) moves the generator on, so a skipped step repeats its draw.
 
+    No host sync: the draw reads no device value, and its K weights go to the losses'
+    device by a non-blocking copy. Under ``torch.compile`` the draws are the opaque custom
+    ops ``mtlkit::rlw_peek`` and ``mtlkit::rlw_advance`` (no graph break; they draw at
+    run time exactly what eager mode draws). ``combine`` on non-finite gradients or
+    losses gives a NaN update; the generator has then moved past the step's draw, which
+    :meth:`discard_step` undoes.
+
     Properties: weights positive and summing to 1, equal to 1/K in expectation for every
     distribution; K = 1 gives weight 1; ``combine`` is positively homogeneous in J (the
     weights do not depend on it). Not permutation-equivariant (random).
@@ -52,9 +94,19 @@ class RLW(LossWeighting):
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
         self.generator.manual_seed(seed)
+        #: The generator's state before the last :meth:`advance` (for :meth:`discard_step`).
+        self._state_before_draw: Tensor | None = None
+        self._handle = next(_HANDLES)
+        _DRAWERS[self._handle] = self
+        self._draws = torch.zeros((), dtype=torch.long)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # copies get their own handle
+        self.__dict__.update(state)
+        self._handle = next(_HANDLES)
+        _DRAWERS[self._handle] = self
 
     def draw(self, k: int) -> Tensor:
-        """Draw K weights on the simplex (float64, CPU)."""
+        """Draw K weights on the simplex (float64, CPU), moving the generator on."""
         gen = self.generator
         if self.distribution == "normal":
             return torch.softmax(torch.randn(k, generator=gen, dtype=torch.float64), dim=0)
@@ -62,27 +114,53 @@ class RLW(LossWeighting):
         if self.distribution == "dirichlet":
             u = -torch.log1p(-u)  # Exp(1) draws; their normalisation is Dir(1, ..., 1)
         total = u.sum()
-        if not bool(total > 0):
-            return torch.full((k,), 1.0 / k, dtype=torch.float64)
-        return u / total
+        return torch.where(total > 0, u / total, 1.0 / k)  # no host read of the total
 
-    def loss_weights(self, losses: Tensor) -> Tensor:
-        """This step's draw, without advancing the generator (:meth:`accept` does)."""
+    def peek(self, k: int) -> Tensor:
+        """This step's draw (float64, CPU), leaving the generator where it was."""
         saved = self.generator.get_state()
         try:
-            return self.draw(losses.shape[0]).to(losses.device)
+            return self.draw(k)
         finally:
             self.generator.set_state(saved)
 
+    def advance(self, k: int) -> None:
+        """Move the generator past this step's draw (its state before is kept for
+        :meth:`discard_step`)."""
+        self._state_before_draw = self.generator.get_state()
+        self.draw(k)
+
+    def loss_weights(self, losses: Tensor) -> Tensor:
+        """This step's draw, without advancing the generator (:meth:`accept` does)."""
+        k = losses.shape[0]
+        if torch.compiler.is_compiling():
+            w: Tensor = _peek_op(self._draws, self._handle, k)
+        else:
+            w = self.peek(k)
+        return w.to(losses.device, non_blocking=True)  # a fresh CPU tensor: safe
+
     def accept(self, losses: Tensor) -> None:
         """Advance the generator past this step's draw."""
-        self.draw(losses.shape[0])
+        k = losses.shape[0]
+        if torch.compiler.is_compiling():
+            _advance_op(self._draws, self._handle, k)
+        else:
+            self.advance(k)
+
+    def discard_step(self) -> None:
+        """Put the generator back to before the last :meth:`accept` (a rejected step
+        draws nothing)."""
+        if self._state_before_draw is not None:
+            self.generator.set_state(self._state_before_draw)
+            self._state_before_draw = None
+        super().discard_step()
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+        self._state_before_draw = None
 
     def __repr__(self) -> str:
         return f"RLW(distribution={self.distribution!r})"

@@ -43,6 +43,11 @@ class UncertaintyWeighting(LossWeighting):
     State: :math:`s` (``state_dict``; :meth:`load_state_dict` copies in place, so an
     optimizer holding the parameter keeps working).
 
+    No host sync once :math:`s` lives on the losses' device (:meth:`to`; otherwise each
+    step copies it there and its gradient back, a blocking copy each way). ``combine``
+    on non-finite gradients or losses gives a NaN update (a device-side flag); it changes
+    no state.
+
     Args:
         num_tasks: K.
         init: initial :math:`s_i` (one value, or one per task).
