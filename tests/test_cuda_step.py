@@ -44,10 +44,8 @@ def make(name: str, device: torch.device) -> Strategy:
     """A strategy whose constant state is on ``device`` (its learned state gets there at
     the first step)."""
     if name == "weighted":
-        # weights given on the device: a list of floats stays on the CPU and is copied
-        # to J's device (a blocking copy, hence a sync) at every call
-        w = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64, device=device)
-        return mtlkit.get_strategy("weighted", weights=w)
+        # a list of floats: copied to J's device once, at the first (warm-up) step
+        return mtlkit.get_strategy("weighted", weights=[1.0, 0.5, 2.0])
     if name == "uncertainty":
         return mtlkit.UncertaintyWeighting(num_tasks=K).to(device)  # s on the device
     return mtlkit.get_strategy(name)

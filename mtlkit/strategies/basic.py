@@ -49,13 +49,17 @@ class Weighted(GramianStrategy):
         if w.numel() == 0 or not bool(torch.isfinite(w).all()):
             raise ValueError(f"weights must be a non-empty sequence of finite numbers, got {w}")
         self._w = w
+        self._on_device = w  # the weights on the last Gramian's device: copied once, not
+        # each step (a copy to a GPU each step would sync the host and break CUDA graphs)
 
     def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
         if gram.shape[0] != self._w.numel():
             raise ValueError(
                 f"Weighted has {self._w.numel()} weights but J has {gram.shape[0]} task rows"
             )
-        return self._w.to(gram.device)
+        if self._on_device.device != gram.device:
+            self._on_device = self._w.to(gram.device)
+        return self._on_device
 
     def __repr__(self) -> str:
         return f"Weighted({self._w.tolist()})"
