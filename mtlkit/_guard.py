@@ -8,6 +8,10 @@ decided here, by :meth:`NonFiniteGuard.reject`, for every path of the engine:
   ``.grad`` so ``scaler.step`` skips the step and lowers its scale;
 * otherwise ``nonfinite="skip"`` skips the step (nothing written, no state moved);
 * otherwise (``"raise"``) :class:`NonFiniteError` names the step and what was wrong.
+
+``nonfinite="defer"`` checks nothing inside the step (no host sync, for CUDA graphs and
+``torch.compile``): the engine counts non-finite steps on the device and raises when the
+caller asks (:meth:`mtlkit.TaskGradients.check_nonfinite`).
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ __all__ = [
     "all_finite",
     "check_finite",
     "finite_flag",
+    "finite_tensor",
 ]
 
-NonFinitePolicy = Literal["raise", "skip"]
+NonFinitePolicy = Literal["raise", "skip", "defer"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -41,6 +46,15 @@ def all_finite(t: Tensor) -> bool:
         return True
     lo, hi = torch.aminmax(t)
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def finite_tensor(t: Tensor) -> Tensor:
+    """Whether every entry of ``t`` is finite, as a 0-d bool tensor on its device (no
+    host sync; one reduction pass, as :func:`all_finite`)."""
+    if t.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    lo, hi = torch.aminmax(t)
+    return torch.isfinite(lo) & torch.isfinite(hi)
 
 
 def finite_flag(gram: Tensor, losses: Tensor | None) -> Tensor:
@@ -88,13 +102,13 @@ class NonFiniteGuard:
     """Applies the engine's non-finite policy, with or without a ``GradScaler``.
 
     Args:
-        policy: ``"raise"`` or ``"skip"``.
+        policy: ``"raise"``, ``"skip"`` or ``"defer"``.
         scaler: a ``torch.amp.GradScaler`` (float16 training) or ``None``.
     """
 
     def __init__(self, policy: NonFinitePolicy, scaler: Any | None) -> None:
-        if policy not in ("raise", "skip"):
-            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {policy!r}")
+        if policy not in ("raise", "skip", "defer"):
+            raise ValueError(f"nonfinite must be 'raise', 'skip' or 'defer', got {policy!r}")
         self.policy: NonFinitePolicy = policy
         self.scaler = scaler
 

@@ -47,7 +47,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from mtlkit import _params, distributed
-from mtlkit._guard import NonFiniteError, NonFiniteGuard, NonFinitePolicy, all_finite, check_finite
+from mtlkit._guard import (
+    NonFiniteError,
+    NonFiniteGuard,
+    NonFinitePolicy,
+    all_finite,
+    check_finite,
+    finite_tensor,
+)
 from mtlkit._linalg import autocast_off, gramian
 from mtlkit.diagnostics import GradientStats
 from mtlkit.strategies.base import GramianStrategy, LossWeighting, Strategy
@@ -94,8 +101,16 @@ class TaskGradients:
             the task where one is to blame), when :meth:`write_grad` runs.
             ``"skip"``: :meth:`write_grad` returns ``False`` and leaves the shared
             ``.grad`` untouched; skip ``optimizer.step()`` then. A loss weighting's state
-            does not move on a skipped step. (The policy is applied in one place,
-            :mod:`mtlkit._guard`.)
+            does not move on a skipped step. Both read one value to the host per step
+            (whether the step is finite). ``"defer"``: nothing is checked inside the step
+            (no host sync: for CUDA graphs and ``torch.compile``); the update is written
+            as computed (NaN on a non-finite step: a device-rule strategy and a loss
+            weighting keep their state tensors as they were), the non-finite steps are
+            counted on the device (:attr:`nonfinite_steps`), and
+            :meth:`check_nonfinite` raises if there was one: call it when you sync
+            anyway (e.g. when you log). With an enabled ``scaler``, ``"defer"`` acts
+            as ``"skip"`` (the scaler's step syncs to check for infs). (The policy is
+            applied in one place, :mod:`mtlkit._guard`.)
         scaler: a ``torch.amp.GradScaler`` when training in float16: pass the scaled
             losses (``backward(task, scaler.scale(loss))``); J and the losses are unscaled
             before the strategy sees them, and the combined update is scaled back into
@@ -173,12 +188,56 @@ class TaskGradients:
         self._has_graph = False
         #: Whether J still holds the last step's rows (cleared before the first is added).
         self._stale_rows = True
+        #: Non-finite steps since the last :meth:`check_nonfinite` (``"defer"``).
+        self._nonfinite_steps: Tensor | None = None
         self._set_params(params, first=True)
 
     @property
     def nonfinite(self) -> NonFinitePolicy:
-        """The non-finite policy, ``"raise"`` or ``"skip"``."""
+        """The non-finite policy, ``"raise"``, ``"skip"`` or ``"defer"``."""
         return self.guard.policy
+
+    @property
+    def nonfinite_steps(self) -> Tensor:
+        """``nonfinite="defer"``: how many steps since the last :meth:`check_nonfinite`
+        were not finite, a 0-d int64 tensor on the engine's device (reading its value
+        syncs the host)."""
+        if self._nonfinite_steps is None:
+            return torch.zeros((), dtype=torch.int64, device=self.device)
+        return self._nonfinite_steps
+
+    def check_nonfinite(self) -> None:
+        """``nonfinite="defer"``: raise :class:`~mtlkit.NonFiniteError` if a step since
+        the last call was not finite (its NaN/inf update was written), and start counting
+        again. One host sync; call it where the loop syncs anyway (logging, the end of an
+        epoch). A no-op for the other policies, which check every step."""
+        count = self._nonfinite_steps
+        if count is None:
+            return
+        n = int(count.item())
+        self._nonfinite_steps = None
+        if n:
+            raise NonFiniteError(
+                f"{n} step(s) before step {self.step_count} had NaN/inf in a loss, a task "
+                "gradient or the combined update (nonfinite='defer' wrote them): the model "
+                "has taken a non-finite update; lower the learning rate, check the inputs, "
+                "or use nonfinite='raise' to find the first such step and task"
+            )
+
+    def _defers(self) -> bool:
+        """Whether this step is checked on the device only (``"defer"``, no enabled
+        scaler)."""
+        scaler = self.guard.scaler
+        return self.guard.policy == "defer" and not (scaler is not None and scaler.is_enabled())
+
+    def _count_nonfinite(self, finite: Tensor) -> None:
+        """Add a step to :attr:`nonfinite_steps` where the 0-d flag ``finite`` is false,
+        on the device."""
+        bad = (~finite).to(device=self.device, dtype=torch.int64)
+        if self._nonfinite_steps is None:
+            self._nonfinite_steps = bad
+        else:
+            self._nonfinite_steps.add_(bad)
 
     @property
     def scaler(self) -> Any | None:
@@ -595,7 +654,19 @@ class TaskGradients:
             else:  # this rank's columns of J; the weights from the global Gramian
                 update, gram, losses = self._combine_split(jac, losses)
         except NonFiniteError as err:
-            return self._reject(str(err), mask)
+            if not self._defers():
+                return self._reject(str(err), mask)
+            # a host-rule strategy found it (it reads its Gramian anyway): count, write NaN
+            self._count_nonfinite(torch.zeros((), dtype=torch.bool, device=self.device))
+            nan = torch.full((self.numel,), float("nan"), dtype=self.dtype, device=self.device)
+            self._add_into_grad(nan, mask)
+            return True
+        if self._defers():
+            stats = self.strategy.last_stats
+            checked = stats.weights if self._split is not None and stats is not None else update
+            self._count_nonfinite(finite_tensor(checked))
+            self._add_into_grad(update, mask)
+            return True
         if self._split is not None:
             # Ranks must agree without more communication: J and the losses were finite on
             # every rank (the summed Gramian says so), so check the weights, which are
@@ -653,7 +724,8 @@ class TaskGradients:
             # global values exactly (x - x is exactly 0), gradients through the local losses
             losses = total + (losses - losses.detach())
         values = losses.detach()
-        if not all_finite(values):
+        defer = self._defers()
+        if not defer and not all_finite(values):
             bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
             return self._reject(f"non-finite loss in tasks {bad}", [])
         weighted = strategy.weighted_loss(losses)
@@ -675,6 +747,13 @@ class TaskGradients:
         reached = self._reached_over_ranks(packed)
         self._check_reached(reached, values)
         mask = self._write_mask(reached)
+        if defer:
+            finite = finite_tensor(values).to(self.device) & finite_tensor(update)
+            self._count_nonfinite(finite)
+            self._add_into_grad(update, mask)
+            strategy.last_stats = GradientStats.from_weights(strategy.loss_weights(values))
+            strategy.accept_where(values, finite)
+            return True
         if strategy.check_finite and not all_finite(update):
             return self._reject(
                 f"non-finite shared gradient (loss weighting {type(strategy).__name__}; "
@@ -708,6 +787,17 @@ class TaskGradients:
         _params.remove_hooks(self._hooks)
 
 
+def _refuse_defer(nonfinite: str, where: str) -> None:
+    """``"defer"`` counts non-finite steps in an engine; a call that builds its own
+    engine each step would drop the count unseen."""
+    if nonfinite == "defer":
+        raise ValueError(
+            f"{where} builds a new engine each call, so nonfinite='defer' would lose its "
+            "count of non-finite steps: use 'raise' or 'skip', or keep a TaskGradients "
+            "across steps and call its check_nonfinite()"
+        )
+
+
 def backward(
     losses: Sequence[Tensor] | Tensor,
     shared_params: Iterable[Tensor],
@@ -724,7 +814,9 @@ def backward(
     ``optimizer.step()``. For repeated use, :class:`TaskGradients` keeps its buffers.
 
     Returns ``True``, or ``False`` when ``nonfinite="skip"`` skipped the step.
+    (``"defer"`` needs an engine that lives across steps: :class:`TaskGradients`.)
     """
+    _refuse_defer(nonfinite, "mtlkit.backward")
     engine = TaskGradients(shared_params, strategy, nonfinite=nonfinite)
     try:
         engine.backward_all(losses, mode=mode)
@@ -786,6 +878,7 @@ class SharedFeatures:
         are then averaged over the ranks as usual (FSDP's reduce-scatter, or
         :func:`mtlkit.distributed.all_reduce_gradients`).
         """
+        _refuse_defer(nonfinite, "SharedFeatures.backward")
         engine = TaskGradients([self.value], strategy, nonfinite=nonfinite)
         if process_group is not None and process_group is not False:
             if not isinstance(strategy, (GramianStrategy, LossWeighting)):

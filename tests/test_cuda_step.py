@@ -6,11 +6,9 @@ read and no graph break, is ``tests/test_capture.py``).
 * A whole training step (forward, one backward per task, ``write_grad``, the optimizer
   step) with each device-rule strategy and each loss weighting runs under
   ``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronizing CUDA
-  call, except the engine's own finiteness decision: ``write_grad`` returns a Python
-  bool (step taken or skipped, or raises), which reads one flag of the device whatever
-  the ``nonfinite`` policy (``"raise"`` or ``"skip"``: neither avoids it). The test lets
-  exactly that read through and counts it: one per step for a strategy on J (the
-  combined update), two for a loss weighting (its losses, then the shared gradient).
+  call, with ``nonfinite="defer"`` (the engine counts non-finite steps on the device;
+  ``check_nonfinite()`` reads the count afterwards). ``"raise"`` and ``"skip"`` decide
+  each step on the host: one read per step (the control test).
 * ``combine`` of each device-rule strategy, captured in a CUDA graph on static J and
   output buffers, replays on new J values to what eager mode gives.
 * A model whose shared trunk runs under ``torch.compile(mode="reduce-overhead")`` (CUDA
@@ -29,7 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import mtlkit
-import mtlkit.gradients as engine_module
 from mtlkit import TaskGradients
 from mtlkit.strategies.base import Strategy
 
@@ -100,55 +97,52 @@ def train_step(
 
 
 @contextlib.contextmanager
-def no_sync_but_the_engine_decision() -> Iterator[list[int]]:
-    """Raise on any synchronizing CUDA call inside the block, except the engine's
-    finiteness decisions (``mtlkit.gradients.all_finite``), which are counted."""
-    decisions: list[int] = []
-    real = engine_module.all_finite
-
-    def decide(t: Tensor) -> bool:
-        decisions.append(t.numel())
-        torch.cuda.set_sync_debug_mode("default")
-        try:
-            return real(t)
-        finally:
-            torch.cuda.set_sync_debug_mode("error")
-
+def no_sync() -> Iterator[None]:
+    """Raise on any synchronizing CUDA call inside the block."""
     torch.cuda.synchronize()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine_module, "all_finite", decide)
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            yield decisions
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 # ----------------------------------------------------------------------------- (a) no sync
 @pytest.mark.parametrize("name", DEVICE_RULE + LOSS_WEIGHTINGS)
 def test_training_step_never_waits_for_the_device(name: str) -> None:
+    """``nonfinite="defer"``: forward, the task backwards, ``write_grad`` and the optimizer
+    step, with no synchronizing call; the deferred check afterwards finds nothing."""
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = Net().to(device)
     strategy = make(name, device)
-    engine = TaskGradients(model.trunk.parameters(), strategy, num_tasks=K)
+    engine = TaskGradients(model.trunk.parameters(), strategy, num_tasks=K, nonfinite="defer")
     optimizer = torch.optim.SGD([*model.parameters(), *extra_parameters(strategy)], lr=0.05)
     data = make_data(device)
     for _ in range(2):  # warm-up: J, the strategy's state on the device, cuBLAS handles
         assert train_step(model, engine, optimizer, data)
     before = [p.detach().clone() for p in model.parameters()]
-    steps = 2
-    with no_sync_but_the_engine_decision() as decisions:
-        for _ in range(steps):
-            taken = train_step(model, engine, optimizer, data)
-            assert taken
-    per_step = 1 if strategy.needs_jacobian else 2
-    assert len(decisions) == per_step * steps, decisions
+    with no_sync():
+        for _ in range(2):
+            train_step(model, engine, optimizer, data)
+    engine.check_nonfinite()  # the one read, where the loop chooses
     torch.cuda.synchronize()
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
     assert strategy.last_stats is not None
     assert strategy.last_stats.weights.device.type == "cuda"
+
+
+def test_the_checking_policies_read_one_flag_per_step() -> None:
+    """The control: ``"raise"`` decides on the host, so the strict block raises."""
+    device = torch.device("cuda")
+    model = Net().to(device)
+    engine = TaskGradients(model.trunk.parameters(), make("sum", device), num_tasks=K)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    data = make_data(device)
+    train_step(model, engine, optimizer, data)
+    with pytest.raises(RuntimeError), no_sync():
+        train_step(model, engine, optimizer, data)
 
 
 # ----------------------------------------------------------------------------- (b) CUDA graphs

@@ -246,6 +246,7 @@ class StepState:
         scaler: Any | None = None,
         process_group: Any | bool | None = None,
     ) -> TaskGradients:
+        refuse_defer(nonfinite)
         if self.engine is None:
             self.engine = TaskGradients(
                 shared,
@@ -363,3 +364,13 @@ def drop_grads(params: Iterable[Tensor]) -> None:
     """A skipped step: every gradient goes, so the optimizer leaves every parameter alone."""
     for p in params:
         p.grad = None
+
+
+def refuse_defer(nonfinite: str) -> None:
+    """The trainers take ``"raise"`` or ``"skip"``: nothing in them would ever call
+    :meth:`~mtlkit.TaskGradients.check_nonfinite`, so ``"defer"`` would go unseen."""
+    if nonfinite == "defer":
+        raise ValueError(
+            "nonfinite='defer' is for hand-written loops that call "
+            "TaskGradients.check_nonfinite(); in a trainer use 'raise' or 'skip'"
+        )

@@ -43,6 +43,7 @@ from mtlkit.integrations._common import (
     StepState,
     build_strategy,
     drop_grads,
+    refuse_defer,
     resolve_shared,
     task_names_of,
 )
@@ -97,6 +98,7 @@ class MultitaskModule:
         # kept in a tuple: an nn.Module attribute would register the encoder a second time
         # (under another name in the state dict)
         self._mtl_shared = (module,)
+        refuse_defer(nonfinite)
         self._mtl_nonfinite: NonFinitePolicy = nonfinite
         self._mtl_pending: tuple[list[Tensor], bool | None] | None = None
 

@@ -46,6 +46,7 @@ from mtlkit.integrations._common import (
     drop_grads,
     logger,
     other_trainable,
+    refuse_defer,
     resolve_shared,
     scalar_loss,
     split_by_task,
@@ -135,6 +136,7 @@ class MultitaskTrainerMixin:
         self.task_key = task_key
         self.task_loss_fn = task_loss_fn
         self._mtl_shared_spec = shared_parameters
+        refuse_defer(nonfinite)
         self._mtl_nonfinite: NonFinitePolicy = nonfinite
         self._mtl_step_counts: dict[int, int] | None = None
         super().__init__(*args, **kwargs)

@@ -276,6 +276,15 @@ class LossWeighting(Strategy):
         self._state_before_step = before
         return update
 
+    def accept_where(self, losses: Tensor, finite: Tensor) -> None:
+        """:meth:`accept`, with the tensors of :attr:`step_state` keeping their values
+        where the 0-d device flag ``finite`` is false (no host read; what the flag cannot
+        mask, e.g. a Python counter, moves as in :meth:`accept`)."""
+        before = {name: getattr(self, name) for name in self.step_state}
+        self.accept(losses)
+        for name, old in before.items():
+            setattr(self, name, _keep_where(finite, getattr(self, name), old))
+
     def discard_step(self) -> None:
         """Put back the state the last :meth:`combine` moved (its :attr:`step_state`),
         for a step whose update was found non-finite."""
