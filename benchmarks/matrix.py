@@ -25,8 +25,9 @@ round-robin. Rows of ``cosent20``: ``sum``, ``pcgrad``, ``gradnorm`` and ``imtl-
 (compared with ``sum``).
 
 Each run picks its best epoch on the validation split and reports that epoch's dev scores
-(dev is the test). Runs are done seed by seed (every row's seed 0, then every row's seed
-1, ...), so an interrupted matrix still has balanced rows; results are appended to
+(dev is the test). The fixed rows run first, seed by seed (every row's seed 0, then every
+row's seed 1, ...), then the screening and the best others' seeds, so an interrupted
+matrix still has balanced rows; results are appended to
 ``<out>.json`` after every run and runs already there are skipped, so calling the command
 again resumes it. Run from the repository root::
 
@@ -172,16 +173,17 @@ def screened_best(results: list[dict[str, Any]], count: int = BEST_OTHERS) -> li
 
 
 def plan(all_rows: list[Row], seeds: int, results: list[dict[str, Any]]) -> list[tuple[Row, int]]:
-    """The (row, seed) runs, seed by seed (within a seed, the screening last). Screened
-    strategies run seed 0 only until the screening is complete; then the best
-    ``BEST_OTHERS`` of them get every seed."""
+    """The (row, seed) runs in the order they run: first every fixed row (the paper's
+    three, the claims, the other settings) seed by seed, then the screening (seed 0 of
+    each other strategy), then, once it is complete, the other seeds of the best
+    ``BEST_OTHERS`` on validation. An interrupted matrix thus has the fixed rows complete
+    or balanced first."""
     best = set(screened_best(results) or [])
-    ordered = sorted(all_rows, key=is_screened)  # the screening last within a seed
-    out = []
-    for seed in range(seeds):
-        for row in ordered:
-            if seed == 0 or not is_screened(row) or row.name in best:
-                out.append((row, seed))
+    fixed = [r for r in all_rows if not is_screened(r)]
+    screened = [r for r in all_rows if is_screened(r)]
+    out = [(row, seed) for seed in range(seeds) for row in fixed]
+    out += [(row, 0) for row in screened]
+    out += [(row, seed) for seed in range(1, seeds) for row in screened if row.name in best]
     return out
 
 
