@@ -10,7 +10,8 @@
 # Parts: setup (python env, no torch reinstall when CUDA works), tests (the CUDA tests:
 # tests/test_cuda_step.py, tests/test_capture.py, the CUDA cases of tests/test_amp.py and
 # tests/test_diagnostics.py), speed (benchmarks/speed.py, sections aggregation, endtoend
-# and step, one process each), matrix (benchmarks/matrix.py --budget full, resumable).
+# and step, one process each), matrix (benchmarks/matrix.py --budget full, resumable),
+# and, only when named, sweep (benchmarks/sweep.py: the defaults chosen on validation).
 # Every part runs under `timeout`, so one that fails or hangs does not stop the others;
 # each one's exit status (124: out of time; "skip": no time left) goes to
 # $OUT/status.tsv and to stdout, its output to $OUT/<part>.log.
@@ -228,6 +229,17 @@ part_matrix() {
     run_part matrix-report "$REPORT_S" "$PY" "${common[@]}" --report-only
 }
 
+part_sweep() {  # not in the default parts: a session of its own (about 18 runs)
+    if ! use_carried_weights; then
+        printf 'sweep\tskip\t0\t(no miniBERT weights)\n' >>"$STATUS"
+        return 0
+    fi
+    # the main job's learning rates chosen on the validation split (dev chooses nothing)
+    run_part sweep $((DEADLINE - $(date +%s))) "$PY" benchmarks/sweep.py --budget full \
+        --grid lr=3e-5,5e-5,7e-5 --grid head-lr=3e-3,1e-2 --seeds 3 --jobs "$MATRIX_JOBS" \
+        --device cuda --out "$OUT/sweep-h200" --scratch /tmp/sweep
+}
+
 # ----------------------------------------------------------------------------- main
 PARTS=("$@")
 if [ ${#PARTS[@]} -eq 0 ]; then
@@ -247,7 +259,8 @@ for part in "${PARTS[@]}"; do
         tests) part_tests ;;
         speed) part_speed ;;
         matrix) part_matrix ;;
-        *) log "unknown part $part (known: setup tests speed matrix; prepare alone)" ;;
+        sweep) part_sweep ;;
+        *) log "unknown part $part (known: setup tests speed matrix sweep; prepare alone)" ;;
     esac
 done
 log "done in $(($(date +%s) - START))s; status:"
