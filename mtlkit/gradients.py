@@ -376,7 +376,9 @@ class TaskGradients:
         """Record a task's loss (summed over the micro-batches of an accumulating step)."""
         self._has_graph = self._has_graph or loss.grad_fn is not None
         if self.strategy.needs_jacobian:
-            loss = loss.detach()
+            # a copy of one number: the output of a CUDA-graphed forward is overwritten
+            # by the next replay (another task's), before write_grad reads it
+            loss = loss.detach().clone()
         previous = self._losses.get(task)
         self._losses[task] = loss if previous is None else previous + loss
 

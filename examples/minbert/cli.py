@@ -259,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         "%(default)s; dev: the dev scores are then no test)",
     )
     tr.add_argument("--eval-train-limit", type=int, default=d.eval_train_limit)
+    tr.add_argument(
+        "--calibrate-limit",
+        type=int,
+        default=None,
+        help="training examples per task a calibration reads each epoch (Quora's cosine "
+        "threshold under a pairwise loss; default: all)",
+    )
     tr.add_argument("--seed", type=int, default=d.seed)
     tr.add_argument("--device", default=d.device, help="auto (CUDA if present), cpu, cuda:0")
     tr.add_argument("--bf16", action="store_true", help="bfloat16 autocast")

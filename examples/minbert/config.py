@@ -64,6 +64,9 @@ class TrainConfig:
     val_limit: int | None = None  # held-out examples per task scored each epoch (None: all)
     select_on: str = "val"  # "val", or "dev" (only explicitly: its scores are then no test)
     eval_train_limit: int = 500  # training examples per task scored each epoch
+    # training examples per task a calibration reads each epoch (Quora's cosine threshold
+    # under a pairwise loss; None: the whole training set)
+    calibrate_limit: int | None = None
     eval_batch_size: int = 128
     seed: int = 0
     device: str = "auto"
@@ -88,7 +91,7 @@ class TrainConfig:
         for name in ("epochs", "eval_batch_size", "eval_train_limit"):
             _at_least(name, getattr(self, name), 1)
         _at_least("max_length", self.max_length, 3, "([CLS] x [SEP])")
-        for name in ("train_limit", "dev_limit", "val_limit"):
+        for name in ("train_limit", "dev_limit", "val_limit", "calibrate_limit"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1, "(an empty split cannot be used)")
         for name in ("steps_per_epoch", "checkpoint_every"):

@@ -478,7 +478,10 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
         # ---- evaluate: training examples, the validation split (it picks) and the dev sets
         # (the test), in eval mode: no randomness
         on = {"device": device, "max_length": cfg.max_length, "batch_size": cfg.eval_batch_size}
-        evaluate.calibrate(model, train_sets, tokenizer, **on)
+        calibration = train_sets
+        if cfg.calibrate_limit is not None:
+            calibration = [ExampleDataset(d.examples[: cfg.calibrate_limit]) for d in train_sets]
+        evaluate.calibrate(model, calibration, tokenizer, **on)
         train_eval = [ExampleDataset(d.examples[: cfg.eval_train_limit]) for d in train_sets]
         train_results = evaluate.predict(model, train_eval, tokenizer, bf16=cfg.bf16, **on)
         val = None

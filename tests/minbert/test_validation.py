@@ -338,3 +338,28 @@ def test_the_quality_benchmark_reports_each_runs_conflict_fraction(tmp_path: Pat
     assert "| conflict steps |" in table
     assert "| sum | 2 | " in table and "| 50% ± 35% |" in table
     assert table.count("| n/a |") == 2
+
+
+def test_calibrate_limit_caps_what_the_threshold_is_fitted_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--calibrate-limit``: Quora's cosine threshold (pairwise loss) is fitted on the
+    first N training examples of each task each epoch, not the whole training set."""
+    from examples.minbert import evaluate
+
+    seen: list[list[int]] = []
+    real = evaluate.calibrate
+
+    def spy(model, datasets, tokenizer, **kw):  # type: ignore[no-untyped-def]
+        seen.append([len(d) for d in datasets])
+        return real(model, datasets, tokenizer, **kw)
+
+    monkeypatch.setattr(evaluate, "calibrate", spy)
+    with pytest.raises(ConfigError, match="calibrate_limit"):
+        TrainConfig(calibrate_limit=0)
+    argv = ["train", "--init", "tiny-random", "--epochs", "1", "--steps-per-epoch", "1"]
+    argv += ["--train-limit", "40", "--dev-limit", "8", "--val-limit", "8", "--no-progress"]
+    argv += ["--quora-loss", "cosine-embedding", "--calibrate-limit", "12", "--device", "cpu"]
+    argv += ["--out-dir", str(tmp_path / "run")]
+    assert main(argv) == 0
+    assert seen == [[12, 12, 12]]
