@@ -52,7 +52,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -516,29 +516,47 @@ def minibert_setup(device: torch.device, batch: int, seed: int = 0):  # type: ig
     return model, batches
 
 
-def steps(device: torch.device, batch: int, repeats: int) -> dict:
+def steps(device: torch.device, batch: int, repeats: int, compile_mode: str | None = None) -> dict:
+    """The miniBERT step, PCGrad loop against the summed loop. ``compile_mode``: both loops
+    run the model's task losses under ``torch.compile(mode=compile_mode)`` (on CUDA,
+    ``"reduce-overhead"`` replays them as CUDA graphs) and the engine checks nothing on
+    the host (``nonfinite="defer"``), so the PCGrad step never waits for the device."""
     model, batches = minibert_setup(device, batch)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every step sees the same model
     shared = model.shared_parameters()
     k = len(batches)
-    engine = TaskGradients(shared, PCGrad(seed=0), num_tasks=k)
+    policy: Literal["raise", "defer"] = "defer" if compile_mode else "raise"
+    engine = TaskGradients(shared, PCGrad(seed=0), num_tasks=k, nonfinite=policy)
+    task_loss = model.task_loss
+    if compile_mode:
+        task_loss = torch.compile(model.task_loss, mode=compile_mode)
 
     def summed() -> None:
+        if compile_mode and device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
         opt.zero_grad(set_to_none=True)
         for t, b in enumerate(batches):
-            model.task_loss(t, b).backward()
+            task_loss(t, b).backward()
         opt.step()
 
     def pcgrad() -> None:
+        if compile_mode and device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
         opt.zero_grad(set_to_none=True)
         for t, b in enumerate(batches):
-            engine.backward(t, model.task_loss(t, b))
+            engine.backward(t, task_loss(t, b))
         engine.write_grad()
         opt.step()
 
     t = timed({"summed loop": summed, "pcgrad loop": pcgrad}, repeats, device)
-    res = {f"{k} s": v for k, v in t.items()}
+    engine.check_nonfinite()
+    res: dict[str, Any] = {"compile": compile_mode or "eager"}
+    res.update({f"{k} s": v for k, v in t.items()})
     res["pcgrad / summed"] = t["pcgrad loop"] / t["summed loop"]
+    if compile_mode:  # the one-graph variants below are eager-only
+        res["P"] = sum(p.numel() for p in shared)
+        print(json.dumps(res))
+        return res
     if device.type == "cuda":  # peak memory of each loop, from the same starting point
         for name, fn in (("summed", summed), ("pcgrad", pcgrad)):
             opt.zero_grad(set_to_none=True)
@@ -685,6 +703,12 @@ def main(argv: list[str] | None = None) -> None:
         default="pcgrad,upgrad",
         help="end-to-end section: the aggregators compared (pcgrad, upgrad)",
     )
+    ap.add_argument(
+        "--step-compile",
+        default=None,
+        help="step section: compile the task losses with this torch.compile mode (e.g. "
+        "reduce-overhead: CUDA graphs on a GPU) in both loops, engine nonfinite='defer'",
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--weights", default=None, help="checkpoint folder (default: embedded)")
     ap.add_argument(
@@ -727,8 +751,10 @@ def main(argv: list[str] | None = None) -> None:
             "(medians, interleaved; err: max relative difference)\n\n" + table(rows) + "\n"
         )
     if "step" in sections:
-        res = steps(device, args.batch, args.repeats)
-        report.append("## miniBERT step, 3 tasks (medians, interleaved)\n\n" + table([res]) + "\n")
+        res = steps(device, args.batch, args.repeats, args.step_compile)
+        title = "## miniBERT step, 3 tasks (medians, interleaved"
+        title += f"; task losses compiled, mode={args.step_compile})" if args.step_compile else ")"
+        report.append(title + "\n\n" + table([res]) + "\n")
     if "memory" in sections and device.type == "cpu":
         res = memory(args.batch)
         report.append(

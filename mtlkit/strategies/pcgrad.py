@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
-import weakref
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
+from mtlkit.strategies._draws import SeededDraws, drawer
 from mtlkit.strategies.base import GradientStats, GramianStrategy, register
 
 __all__ = ["PCGrad", "draw_task_orders"]
@@ -29,21 +28,11 @@ def draw_task_orders(k: int, generator: torch.Generator) -> Tensor:
     return orders
 
 
-# ----------------------------------------------------------------------------- compiled draws
-# torch.compile cannot trace a draw from a torch.Generator held by an object (dynamo:
-# "UserDefinedObjectVariable(Generator)", a graph break). Under compilation the draw goes
-# through this custom op instead: opaque to dynamo and inductor, it runs the strategy's
-# own draw on the CPU at run time (so its generator advances exactly as in eager mode).
-# The strategy is looked up by an integer handle (a constant of the graph); the op
-# mutates a small counter tensor, so it is neither folded nor removed by the compiler.
-_HANDLES = itertools.count()
-_DRAWERS: weakref.WeakValueDictionary[int, PCGrad] = weakref.WeakValueDictionary()
-
-
+# Under torch.compile the draw is this opaque op (see mtlkit.strategies._draws).
 @torch.library.custom_op("mtlkit::pcgrad_draw_orders", mutates_args=("draws",), device_types="cpu")
 def _draw_orders_op(draws: Tensor, handle: int, k: int) -> Tensor:
     draws.add_(1)
-    return _DRAWERS[handle].draw_orders(k)
+    return drawer(handle).draw_orders(k)  # type: ignore[no-any-return]
 
 
 @_draw_orders_op.register_fake
@@ -52,7 +41,7 @@ def _(draws: Tensor, handle: int, k: int) -> Tensor:
 
 
 @register("pcgrad")
-class PCGrad(GramianStrategy):
+class PCGrad(GramianStrategy, SeededDraws):
     r"""Projecting Conflicting Gradients (Yu et al., 2020, *Gradient Surgery for Multi-Task
     Learning*, NeurIPS, Algorithm 1).
 
@@ -97,25 +86,12 @@ class PCGrad(GramianStrategy):
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
         self.reduction = reduction
-        self.generator = torch.Generator()
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, ()).item())
-        self.generator.manual_seed(seed)
-        #: The generator's state before the last draw (for :meth:`discard_step`).
-        self._state_before_draw: Tensor | None = None
-        self._handle = next(_HANDLES)
-        _DRAWERS[self._handle] = self
-        self._draws = torch.zeros((), dtype=torch.long)
+        self._init_draws(seed)
 
     def draw_orders(self, k: int) -> Tensor:
         """Draw the (K, K-1) matrix of projection orders (row i: the other tasks of i)."""
-        self._state_before_draw = self.generator.get_state()
+        self._remember_draw()
         return draw_task_orders(k, self.generator)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:  # copies get their own handle
-        self.__dict__.update(state)
-        self._handle = next(_HANDLES)
-        _DRAWERS[self._handle] = self
 
     def _orders(self, k: int) -> Tensor:
         if torch.compiler.is_compiling():
@@ -125,9 +101,7 @@ class PCGrad(GramianStrategy):
 
     def discard_step(self) -> None:
         """Put the generator back to before the last draw (a rejected step draws nothing)."""
-        if self._state_before_draw is not None:
-            self.generator.set_state(self._state_before_draw)
-            self._state_before_draw = None
+        self._restore_draw()
 
     def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
         k = gram.shape[0]

@@ -2,35 +2,26 @@
 
 from __future__ import annotations
 
-import itertools
-import weakref
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from mtlkit.strategies._draws import SeededDraws, drawer
 from mtlkit.strategies.base import LossWeighting, register
 
 __all__ = ["RLW"]
 
 Distribution = Literal["normal", "uniform", "dirichlet"]
 
-# ----------------------------------------------------------------------------- compiled draws
-# torch.compile cannot trace a draw from a torch.Generator held by an object (a graph
-# break, as for PCGrad). Under compilation the draws go through these custom ops instead:
-# opaque to dynamo and inductor, they run the strategy's own draw on the CPU at run time,
-# so its generator moves exactly as in eager mode. The strategy is looked up by an integer
-# handle (a constant of the graph); both ops mutate a small counter tensor, so they keep
-# their order (the step's draw is read before the generator moves past it) and are
-# neither folded nor removed by the compiler.
-_HANDLES = itertools.count()
-_DRAWERS: weakref.WeakValueDictionary[int, RLW] = weakref.WeakValueDictionary()
 
-
+# Under torch.compile the draws are these opaque ops (see mtlkit.strategies._draws): the
+# peek reads the step's draw, the advance moves the generator past it; both mutate the
+# strategy's counter tensor, so they keep their order.
 @torch.library.custom_op("mtlkit::rlw_peek", mutates_args=("draws",), device_types="cpu")
 def _peek_op(draws: Tensor, handle: int, k: int) -> Tensor:
     draws.add_(0)
-    return _DRAWERS[handle].peek(k)
+    return drawer(handle).peek(k)  # type: ignore[no-any-return]
 
 
 @_peek_op.register_fake
@@ -41,7 +32,7 @@ def _(draws: Tensor, handle: int, k: int) -> Tensor:
 @torch.library.custom_op("mtlkit::rlw_advance", mutates_args=("draws",), device_types="cpu")
 def _advance_op(draws: Tensor, handle: int, k: int) -> None:
     draws.add_(1)
-    _DRAWERS[handle].advance(k)
+    drawer(handle).advance(k)
 
 
 @_advance_op.register_fake
@@ -50,7 +41,7 @@ def _(draws: Tensor, handle: int, k: int) -> None:
 
 
 @register("rlw")
-class RLW(LossWeighting):
+class RLW(LossWeighting, SeededDraws):
     r"""Random Loss Weighting (Lin, Ye, Xu, Shi & Zhang, 2022, *Reasonable Effectiveness of
     Random Weighting: A Litmus Test for Multi-Task Learning*, TMLR).
 
@@ -90,20 +81,7 @@ class RLW(LossWeighting):
                 f"distribution must be 'normal', 'uniform' or 'dirichlet', got {distribution!r}"
             )
         self.distribution = distribution
-        self.generator = torch.Generator()
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, ()).item())
-        self.generator.manual_seed(seed)
-        #: The generator's state before the last :meth:`advance` (for :meth:`discard_step`).
-        self._state_before_draw: Tensor | None = None
-        self._handle = next(_HANDLES)
-        _DRAWERS[self._handle] = self
-        self._draws = torch.zeros((), dtype=torch.long)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:  # copies get their own handle
-        self.__dict__.update(state)
-        self._handle = next(_HANDLES)
-        _DRAWERS[self._handle] = self
+        self._init_draws(seed)
 
     def draw(self, k: int) -> Tensor:
         """Draw K weights on the simplex (float64, CPU), moving the generator on."""
@@ -127,7 +105,7 @@ class RLW(LossWeighting):
     def advance(self, k: int) -> None:
         """Move the generator past this step's draw (its state before is kept for
         :meth:`discard_step`)."""
-        self._state_before_draw = self.generator.get_state()
+        self._remember_draw()
         self.draw(k)
 
     def loss_weights(self, losses: Tensor) -> Tensor:
@@ -150,9 +128,7 @@ class RLW(LossWeighting):
     def discard_step(self) -> None:
         """Put the generator back to before the last :meth:`accept` (a rejected step
         draws nothing)."""
-        if self._state_before_draw is not None:
-            self.generator.set_state(self._state_before_draw)
-            self._state_before_draw = None
+        self._restore_draw()
         super().discard_step()
 
     def state_dict(self) -> dict[str, Any]:
