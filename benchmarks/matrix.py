@@ -232,6 +232,7 @@ def run_one(row: Row, seed: int, budget: dict[str, Any], device: str, scratch: P
         "best_epoch": run.best_epoch,
         "dev": {m: chosen["dev"][m] for m in METRICS},
         "val": {m: chosen["val"][m] for m in METRICS},
+        "dev_last": {m: run.history[-1]["dev"][m] for m in METRICS},
         "conflict_fraction": _weighted(summaries, "conflict_fraction"),
         "norm_ratio": _weighted(summaries, "norm_ratio"),
         "min_cosine": min_cosine(Path(cfg.out_dir)),
@@ -314,12 +315,16 @@ def min_cosine(run_dir: Path) -> float | None:
 
 
 def backfill(results: list[dict[str, Any]], scratch: Path) -> None:
-    """Fill ``min_cosine`` of records written before it was recorded, from their scratch
-    run folders where these still exist."""
+    """Fill ``min_cosine`` and ``dev_last`` of records written before they were recorded,
+    from their scratch run folders where these still exist."""
     for r in results:
+        run_dir = scratch / r["key"].replace("/", "-") / f"seed{r['seed']}"
         if "min_cosine" not in r:
-            run_dir = scratch / r["key"].replace("/", "-") / f"seed{r['seed']}"
             r["min_cosine"] = min_cosine(run_dir)
+        history = run_dir / "history.json"
+        if "dev_last" not in r and history.exists():
+            last = json.loads(history.read_text())[-1]["dev"]
+            r["dev_last"] = {m: last[m] for m in METRICS}
 
 
 def _weighted(summaries: list[dict[str, Any]], key: str) -> float | None:
@@ -357,6 +362,10 @@ def summarize(all_rows: list[Row], results: list[dict[str, Any]]) -> list[dict[s
         for m in METRICS:
             vals = [runs[s]["dev"][m] for s in sorted(runs)]
             summary[m] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        lasts = [runs[s]["dev_last"]["overall"] for s in sorted(runs) if "dev_last" in runs[s]]
+        if len(lasts) == len(runs):
+            sd = statistics.stdev(lasts) if len(lasts) > 1 else 0.0
+            summary["overall_last"] = (statistics.fmean(lasts), sd)
         fractions = [
             r["conflict_fraction"] for r in runs.values() if r["conflict_fraction"] is not None
         ]
@@ -373,6 +382,14 @@ def summarize(all_rows: list[Row], results: list[dict[str, Any]]) -> list[dict[s
                 m: paired([runs[s]["dev"][m] for s in common], [base[s]["dev"][m] for s in common])
                 for m in METRICS
             }
+            if all("dev_last" in r for r in (*runs.values(), *base.values())):
+                summary["diff_last"] = {
+                    m: paired(
+                        [runs[s]["dev_last"][m] for s in common],
+                        [base[s]["dev_last"][m] for s in common],
+                    )
+                    for m in METRICS
+                }
             summary["step_ratio"] = statistics.fmean(
                 runs[s]["step_s"] / base[s]["step_s"] for s in common
             )
@@ -397,22 +414,25 @@ def markdown(summaries: list[dict[str, Any]], header: str) -> str:
             f"### Setting `{setting}`"
             + (f": `{' '.join(SETTINGS[setting])}`" if SETTINGS[setting] else ""),
             "",
-            "| row | compared with | seeds | dev overall (mean ± sd) | difference, 95 % CI | "
-            "Δ SST | Δ Quora | Δ STS r | conflict steps | min cosine | max/min norm | "
-            "step time ratio |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| row | compared with | seeds | dev overall, last epoch | Δ last epoch, 95 % CI | "
+            "Δ SST | Δ Quora | Δ STS r | dev overall, epoch chosen on val | Δ chosen epoch, "
+            "95 % CI | conflict steps | min cosine | max/min norm | step time ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in rows_here:
-            row, diff = s["row"], s.get("diff")
+            row, diff, last = s["row"], s.get("diff"), s.get("diff_last")
             cf = s["conflict_fraction"]
             nr = s["norm_ratio"]
+            ol = s.get("overall_last")
             cells = [
                 f"`{row.name}`",
                 f"`{row.baseline.split('/', 1)[1]}`" if row.baseline else "—",
                 str(len(s["seeds"])),
+                f"{ol[0]:.4f} ± {ol[1]:.4f}" if ol else "—",
+                _diff_cell(last["overall"]) if last else "—",
+                *(f"{last[m]['mean']:+.4f}" if last else "—" for m in METRICS[:3]),
                 f"{s['overall'][0]:.4f} ± {s['overall'][1]:.4f}",
                 _diff_cell(diff["overall"]) if diff else "—",
-                *(f"{diff[m]['mean']:+.4f}" if diff else "—" for m in METRICS[:3]),
                 "n/a" if cf is None else f"{cf:.0%}",
                 "n/a" if s["min_cosine"] is None else f"{s['min_cosine']:+.3f}",
                 "n/a" if nr is None else f"{nr:.1f}",
@@ -442,7 +462,7 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
     )
     for ax, (setting, items) in zip(list(getattr(axes, "flat", [axes])), panels, strict=True):
         ys = range(len(items))
-        d = [s["diff"]["overall"] for s in items]
+        d = [s.get("diff_last", s["diff"])["overall"] for s in items]
         err = [
             [x["mean"] - x["low"] if x["n"] > 1 else 0 for x in d],
             [x["high"] - x["mean"] if x["n"] > 1 else 0 for x in d],
@@ -454,7 +474,7 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
             for s in items
         ]
         ax.set_yticks(list(ys), labels)
-        ax.set_title(f"setting {setting}: dev overall, paired difference, 95% CI")
+        ax.set_title(f"setting {setting}: dev overall (last epoch), paired difference, 95% CI")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -499,6 +519,8 @@ def main(argv: list[str] | None = None) -> None:
             max_runs=args.max_runs,
         )
     backfill(results, Path(args.scratch))
+    if results:
+        store.write_text(json.dumps(results, indent=1))  # with what backfill found
     summaries = summarize(all_rows, results)
     best = screened_best(results)
     command = " ".join(argv if argv is not None else sys.argv[1:])
@@ -506,8 +528,9 @@ def main(argv: list[str] | None = None) -> None:
         f"## miniBERT quality matrix v2 (`{args.budget}` budget)\n\n"
         f"Command: `python benchmarks/matrix.py {command}`\n\n"
         f"Machine: {machine()}\n\nBudget: {json.dumps(budget) or 'the main job'} on top of the "
-        "main job's options. Scores: dev (the test) at the epoch chosen on the validation "
-        "split. Difference: the row's dev overall minus its baseline's, paired by seed, "
+        "main job's options. Scores: dev (the test) after the last epoch (no selection), and "
+        "at the epoch chosen on the validation split. Difference: the row's dev overall "
+        "minus its baseline's, paired by seed, "
         "mean and 95 % Student-t interval; **sig.** when the interval excludes 0. Conflict "
         "steps: share of steps with a pair of task gradients at a negative cosine; min "
         "cosine: the mean over steps of the most negative pairwise cosine; max/min "

@@ -65,6 +65,7 @@ def _record(key: str, seed: int, overall: float, val: float) -> dict:
         "seed": seed,
         "dev": scores,
         "val": {**scores, "overall": val},
+        "dev_last": {**scores, "overall": overall - 0.5},
         "conflict_fraction": 0.5,
         "norm_ratio": 2.0,
         "step_s": 1.0,
@@ -117,6 +118,9 @@ def test_matrix_summary_pairs_rows_by_seed_with_their_baseline() -> None:
     diff = summary["main/pcgrad"]["diff"]["overall"]
     assert diff["n"] == 3  # seed 3 has no sum run to pair with
     assert diff["mean"] == pytest.approx(0.01) and diff["low"] == pytest.approx(0.01)
+    last = summary["main/pcgrad"]["diff_last"]["overall"]  # the last epoch, paired alike
+    assert last["n"] == 3 and last["mean"] == pytest.approx(0.01)
+    assert summary["main/sum"]["overall_last"][0] == pytest.approx(0.21)
     table = matrix.markdown(list(summary.values()), "#")
     assert "**sig.**" in table and "| `pcgrad` | `sum` | 4 |" in table
 
@@ -141,6 +145,18 @@ def test_matrix_pipeline_and_resume(tmp_path: Path) -> None:
     results = json.loads(out.with_suffix(".json").read_text())
     assert len(results) == 8 and {r["best_epoch"] for r in results} <= {1, 2}
     assert all(0.0 <= r["dev"]["overall"] <= 1.0 and r["val"] for r in results)
+    last = [
+        json.loads(
+            (
+                Path(str(tmp_path / "runs"))
+                / r["key"].replace("/", "-")
+                / f"seed{r['seed']}"
+                / "history.json"
+            ).read_text()
+        )[-1]["dev"]["overall"]
+        for r in results
+    ]
+    assert [r["dev_last"]["overall"] for r in results] == last
     table = out.with_suffix(".md").read_text()
     assert "| `dynamic-allocation` | `pcgrad` | 2 |" in table
     assert "Setting `cosent20`" in table
