@@ -1,7 +1,8 @@
 """Choose the miniBERT main job's defaults on the validation split, never on dev.
 
 Runs every combination of the given options (``--grid OPTION=V1,V2,...``, options of
-``python -m examples.minbert train`` without the dashes) with the same seeds, picks the
+``python -m examples.minbert train`` without the dashes), and/or each ``--variant
+"OPTIONS"`` on its own (``--variant ""`` is the defaults), with the same seeds, picks the
 combination with the best mean *validation* overall score (each run's best epoch is also
 chosen on validation), and reports every combination's dev score (the test) beside it —
 dev picks nothing. Runs are stored in ``<out>.json`` as they finish and skipped when the
@@ -10,6 +11,8 @@ command is called again (resume); ``--jobs`` runs several at a time (e.g. 8 on o
     python benchmarks/sweep.py --budget full --grid lr=3e-5,5e-5,7e-5 \\
         --grid head-lr=3e-3,1e-2 --seeds 3 --jobs 8 --device cuda \\
         --out benchmarks/results/sweep-h200
+    python benchmarks/sweep.py --budget full --seeds 1 --variant "" \\
+        --variant "--quora-loss cosine-embedding" --variant "--epochs 5"
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -47,6 +51,30 @@ def grid_rows(grid: list[tuple[str, list[str]]]) -> list[Row]:
         label = ",".join(f"{n}={v}" for n, v in zip(names, values, strict=True))
         args = tuple(a for n, v in zip(names, values, strict=True) for a in (f"--{n}", v))
         out.append(Row(f"main/sweep:{label}", "main", args, None, "sweep"))
+    return out
+
+
+def _label(args: tuple[str, ...]) -> str:
+    """``("--quora-loss", "cosine-embedding", "--no-x")`` ->
+    ``"quora-loss=cosine-embedding,no-x"``."""
+    parts: list[str] = []
+    for a in args:
+        if a.startswith("--") or not parts:
+            parts.append(a.lstrip("-"))
+        else:
+            parts[-1] += ("=" if "=" not in parts[-1] else " ") + a
+    return ",".join(parts) or "defaults"
+
+
+def variant_rows(variants: list[str]) -> list[Row]:
+    """One row per ``--variant "OPTIONS"`` (options as typed on the command line; ``""``
+    is the defaults): the one-factor-at-a-time design a grid's product is too big for."""
+    out = []
+    for text in variants:
+        args = tuple(shlex.split(text))
+        if any(a in ("--seed", "--out-dir", "--device") for a in args):
+            raise ValueError(f"--variant {text!r}: the sweep sets --seed, --out-dir, --device")
+        out.append(Row(f"main/sweep:{_label(args)}", "main", args, None, "sweep"))
     return out
 
 
@@ -96,7 +124,14 @@ def markdown(ranked: list[dict[str, Any]], header: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--grid", action="append", required=True, metavar="OPTION=V1,V2,...")
+    ap.add_argument("--grid", action="append", default=[], metavar="OPTION=V1,V2,...")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar='"OPTIONS"',
+        help='one row with these options ("" = the defaults); with --grid, added to its rows',
+    )
     ap.add_argument("--budget", choices=sorted(BUDGETS), default="full")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=1)
@@ -105,9 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scratch", default="runs/sweep")
     args = ap.parse_args(argv)
     try:
-        rows = grid_rows(parse_grid(args.grid))
+        rows = (grid_rows(parse_grid(args.grid)) if args.grid else []) + variant_rows(args.variant)
     except ValueError as err:
         ap.error(str(err))
+    if not rows:
+        ap.error("give --grid OPTION=V1,V2,... or --variant OPTIONS (or both)")
+    if len({r.key for r in rows}) != len(rows):
+        ap.error("the same combination is given twice")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     store = out.with_suffix(".json")

@@ -192,3 +192,32 @@ def test_sweep_ranks_by_validation_not_dev() -> None:
     results += [_record("main/sweep:lr=b", s, overall=0.1, val=0.6) for s in range(2)]
     assert [r["label"] for r in sweep.rank(rows, results)] == ["lr=b", "lr=a"]
     assert rows[1].args == ("--lr", "b")
+
+
+def test_sweep_variants_are_one_row_each_and_the_defaults_are_the_empty_one(
+    tmp_path: Path,
+) -> None:
+    rows = sweep.variant_rows(["", "--quora-loss cosine-embedding --epochs 5"])
+    assert [r.key for r in rows] == [
+        "main/sweep:defaults",
+        "main/sweep:quora-loss=cosine-embedding,epochs=5",
+    ]
+    assert rows[0].args == () and rows[1].args == (
+        "--quora-loss",
+        "cosine-embedding",
+        "--epochs",
+        "5",
+    )
+    with pytest.raises(ValueError, match="sets --seed"):
+        sweep.variant_rows(["--seed 3"])
+    out = tmp_path / "v"
+    argv = ["--budget", "tiny", "--seeds", "1", "--variant", "", "--variant", "--lr 1e-6"]
+    argv += ["--out", str(out), "--scratch", str(tmp_path / "runs"), "--device", "cpu"]
+    sweep.main(argv)
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert sorted(r["key"] for r in results) == ["main/sweep:defaults", "main/sweep:lr=1e-6"]
+    assert {tuple(r["args"]) for r in results} == {(), ("--lr", "1e-6")}
+    with pytest.raises(SystemExit):  # the grid's lr=1e-6 and the variant are the same run
+        sweep.main([*argv, "--grid", "lr=1e-6"])
+    with pytest.raises(SystemExit):  # nothing to run
+        sweep.main(["--out", str(out)])
