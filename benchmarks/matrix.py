@@ -458,25 +458,43 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
     if not panels:
         return
     fig, axes = plt.subplots(
-        len(panels), 1, figsize=(8, 1.2 + 0.35 * sum(len(v) for _, v in panels))
+        len(panels),
+        1,
+        figsize=(10, 1.5 + 0.32 * sum(len(v) + 2 for _, v in panels)),
+        gridspec_kw={"height_ratios": [len(v) + 2 for _, v in panels]},
+        squeeze=False,
     )
-    for ax, (setting, items) in zip(list(getattr(axes, "flat", [axes])), panels, strict=True):
+    for ax, (setting, items) in zip(axes[:, 0], panels, strict=True):
         ys = range(len(items))
         d = [s.get("diff_last", s["diff"])["overall"] for s in items]
         err = [
             [x["mean"] - x["low"] if x["n"] > 1 else 0 for x in d],
             [x["high"] - x["mean"] if x["n"] > 1 else 0 for x in d],
         ]
-        ax.errorbar([x["mean"] for x in d], list(ys), xerr=err, fmt="o", capsize=3)
+        # Rows with an interval (n > 1) solid; single-seed screening runs hollow.
+        many = [x["n"] > 1 for x in d]
+        for flag, style in ((True, {"fmt": "o"}), (False, {"fmt": "o", "mfc": "none"})):
+            idx = [i for i in ys if many[i] == flag]
+            if idx:
+                ax.errorbar(
+                    [d[i]["mean"] for i in idx],
+                    idx,
+                    xerr=[[err[0][i] for i in idx], [err[1][i] for i in idx]],
+                    capsize=3,
+                    color="C0",
+                    **style,
+                )
         ax.axvline(0.0, color="grey", lw=1)
         labels = [
             f"{s['row'].name} vs {s['row'].baseline.split('/', 1)[1]} (n={len(s['seeds'])})"
             for s in items
         ]
         ax.set_yticks(list(ys), labels)
-        ax.set_title(f"setting {setting}: dev overall (last epoch), paired difference, 95% CI")
+        ax.set_ylim(-1, len(items))
+        ax.set_title(f"setting {setting}", loc="left")
+        ax.set_xlabel("dev overall, last epoch: paired difference, 95% CI (hollow: one seed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
