@@ -237,15 +237,17 @@ part_matrix() {
     run_part matrix-report "$REPORT_S" "$PY" "${common[@]}" --report-only
 }
 
-part_sweep() {  # not in the default parts: a session of its own (about 18 runs)
+part_sweep() {  # not in the default parts: a session of its own (15 runs)
     if ! use_carried_weights; then
         printf 'sweep\tskip\t0\t(no miniBERT weights)\n' >>"$STATUS"
         return 0
     fi
-    # the main job's learning rates chosen on the validation split (dev chooses nothing)
+    # the main job's strategy chosen on the validation split (dev chooses nothing): the
+    # defaults, sum, and the three the CPU matrix's screening picked on validation
     run_part sweep $((DEADLINE - $(date +%s))) "$PY" benchmarks/sweep.py --budget full \
-        --grid lr=3e-5,5e-5,7e-5 --grid head-lr=3e-3,1e-2 --seeds 3 --jobs "$MATRIX_JOBS" \
-        --device cuda --out "$OUT/sweep-h200" --scratch /tmp/sweep
+        --variant "" --variant "--strategy sum" --variant "--strategy imtl-g" \
+        --variant "--strategy cagrad" --variant "--strategy mgda" --seeds 3 \
+        --jobs "$MATRIX_JOBS" --device cuda --out "$OUT/sweep-h200" --scratch /tmp/sweep
 }
 
 # ----------------------------------------------------------------------------- main

@@ -42,6 +42,7 @@ import json
 import math
 import multiprocessing
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -541,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
         store.write_text(json.dumps(results, indent=1))  # with what backfill found
     summaries = summarize(all_rows, results)
     best = screened_best(results)
-    command = " ".join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(argv if argv is not None else sys.argv[1:])
     header = (
         f"## miniBERT quality matrix v2 (`{args.budget}` budget)\n\n"
         f"Command: `python benchmarks/matrix.py {command}`\n\n"

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         scratch=Path(args.scratch),
         jobs=args.jobs,
     )
-    command = " ".join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(argv if argv is not None else sys.argv[1:])
     header = (
         f"## miniBERT defaults chosen on the validation split (`{args.budget}` budget)\n\n"
         f"Command: `python benchmarks/sweep.py {command}`\n\nMachine: {machine()}\n\n"
