@@ -41,7 +41,7 @@ class TrainConfig:
     tasks: list[str] = field(default_factory=lambda: list(TASKS))  # the rows of J, in order
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # {task: options}
     pooling: str = "mean"  # or "cls", "pooler"
-    strategy: str = "pcgrad"
+    strategy: str = "mgda"  # chosen on the validation split: benchmarks/results/sweep-cpu.md
     strategy_options: dict[str, Any] = field(default_factory=dict)
     scheduler: str = "round-robin"
     scheduler_options: dict[str, Any] = field(default_factory=dict)
