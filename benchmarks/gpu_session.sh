@@ -242,10 +242,11 @@ part_sweep() {  # not in the default parts: a session of its own (15 runs)
         printf 'sweep\tskip\t0\t(no miniBERT weights)\n' >>"$STATUS"
         return 0
     fi
-    # the main job's strategy chosen on the validation split (dev chooses nothing): the
-    # defaults, sum, and the three the CPU matrix's screening picked on validation
+    # the main job's strategy chosen on the validation split (dev chooses nothing): sum,
+    # PCGrad, and the three the CPU matrix's screening picked on validation (MGDA, the
+    # default since the CPU sweep, is one of them)
     run_part sweep $((DEADLINE - $(date +%s))) "$PY" benchmarks/sweep.py --budget full \
-        --variant "" --variant "--strategy sum" --variant "--strategy imtl-g" \
+        --variant "--strategy pcgrad" --variant "--strategy sum" --variant "--strategy imtl-g" \
         --variant "--strategy cagrad" --variant "--strategy mgda" --seeds 3 \
         --jobs "$MATRIX_JOBS" --device cuda --out "$OUT/sweep-h200" --scratch /tmp/sweep
 }
