@@ -46,12 +46,10 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
 def grid_rows(grid: list[tuple[str, list[str]]]) -> list[Row]:
     """One row per combination of the grid's values."""
     names = [name for name, _ in grid]
-    out = []
-    for values in itertools.product(*(v for _, v in grid)):
-        label = ",".join(f"{n}={v}" for n, v in zip(names, values, strict=True))
-        args = tuple(a for n, v in zip(names, values, strict=True) for a in (f"--{n}", v))
-        out.append(Row(f"main/sweep:{label}", "main", args, None, "sweep"))
-    return out
+    return [
+        sweep_row(tuple(a for n, v in zip(names, values, strict=True) for a in (f"--{n}", v)))
+        for values in itertools.product(*(v for _, v in grid))
+    ]
 
 
 def _label(args: tuple[str, ...]) -> str:
@@ -66,16 +64,17 @@ def _label(args: tuple[str, ...]) -> str:
     return ",".join(parts) or "defaults"
 
 
+def sweep_row(args: tuple[str, ...]) -> Row:
+    """The row that runs the main job with these options, labelled by them."""
+    if any(a in ("--seed", "--out-dir", "--device") for a in args):
+        raise ValueError(f"{shlex.join(args)!r}: the sweep sets --seed, --out-dir, --device")
+    return Row(f"main/sweep:{_label(args)}", "main", args, None, "sweep")
+
+
 def variant_rows(variants: list[str]) -> list[Row]:
     """One row per ``--variant "OPTIONS"`` (options as typed on the command line; ``""``
     is the defaults): the one-factor-at-a-time design a grid's product is too big for."""
-    out = []
-    for text in variants:
-        args = tuple(shlex.split(text))
-        if any(a in ("--seed", "--out-dir", "--device") for a in args):
-            raise ValueError(f"--variant {text!r}: the sweep sets --seed, --out-dir, --device")
-        out.append(Row(f"main/sweep:{_label(args)}", "main", args, None, "sweep"))
-    return out
+    return [sweep_row(tuple(shlex.split(text))) for text in variants]
 
 
 def rank(rows: list[Row], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
