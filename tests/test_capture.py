@@ -30,7 +30,7 @@ from mtlkit.strategies.base import GramianStrategy, LossWeighting, Strategy, str
 from tests.state_utils import clone_state, same_state
 
 K, P = 3, 40
-DEVICE_RULE = ["sum", "mean", "weighted", "pcgrad", "gradnorm"]
+DEVICE_RULE = ["sum", "mean", "weighted", "pcgrad", "gradnorm", "imtl-g"]
 LOSS_WEIGHTINGS = ["uncertainty", "dwa", "famo", "rlw"]
 
 

@@ -36,6 +36,7 @@ from mtlkit.strategies import (
     UPGrad,
     list_strategies,
 )
+from mtlkit.strategies.imtl import psd_pinv
 from tests.state_utils import same_state
 from tests.strategy_checks import (
     SPECS,
@@ -432,6 +433,62 @@ def test_imtlg_against_paper_formula(matrix: torch.Tensor) -> None:
     u = j / np.linalg.norm(j, axis=1, keepdims=True)
     proj = u @ ours
     assert np.ptp(proj) <= 1e-8 * scale
+
+
+@pytest.mark.parametrize("rank", [0, 1, 2, 4, 5])
+def test_psd_pinv_is_the_pseudo_inverse_on_the_range(rank: int) -> None:
+    """Newton-Schulz's generalized inverse (IMTL-G's, no host sync) against the one from
+    an eigendecomposition, on exactly rank-deficient matrices too: C X C = C, and X C =
+    C X = C⁺C (what IMTL-G uses); for a full-rank C, X = C⁻¹."""
+    g = torch.Generator().manual_seed(rank)
+    rows = torch.randn(rank, 5, generator=g, dtype=torch.float64)
+    c = rows.T @ rows  # 5 x 5, rank `rank`
+    ours = psd_pinv(c)
+    ref = torch.linalg.pinv(c, hermitian=True, rtol=1e-10)
+    size = max(1.0, float(ref.abs().max()))
+    assert float((c @ ours @ c - c).abs().max()) <= 1e-12 * max(1.0, float(c.abs().max()))
+    assert float((ours @ c - ref @ c).abs().max()) <= 1e-12 * size
+    assert float((c @ ours - c @ ref).abs().max()) <= 1e-12 * size
+    if rank == 5:
+        assert float((ours - ref).abs().max()) <= 1e-10 * size
+
+
+def test_imtlg_parallel_rows_follow_the_pseudo_inverse() -> None:
+    """Parallel rows of different norms (C singular, 1 in its range): β = C⁺1, computed here
+    with numpy's SVD-based pinv; parallel rows then contribute equal parts of d."""
+    g = torch.Generator().manual_seed(1)
+    base, other = torch.randn(2, 7, generator=g, dtype=torch.float64)
+    matrix = torch.stack([base, 3.0 * base, other])
+    strategy = IMTLG()
+    d = strategy.combine(matrix)
+    norms = matrix.norm(dim=1).numpy()
+    cos = (matrix @ matrix.T).numpy() / np.outer(norms, norms)
+    alpha = np.linalg.pinv(cos) @ np.ones(3) / norms
+    alpha /= alpha.sum()
+    assert strategy.last_stats is not None
+    weights = strategy.last_stats.weights.numpy()
+    np.testing.assert_allclose(weights, alpha, atol=1e-10)
+    assert weights[0] == pytest.approx(3.0 * weights[1], rel=1e-10)
+    proj = (matrix @ d) / matrix.norm(dim=1)
+    assert float(proj.max() - proj.min()) <= 1e-10 * float(d.norm())
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_imtlg_opposite_rows_beside_a_small_one(order: tuple[int, ...]) -> None:
+    """Two exactly opposite rows and a 1e5 times smaller third: 1 is not in C's range,
+    the only equal projection is 0, so d = 0 in every order of the tasks (the null-space
+    part of e is mostly cancellation here: found by the permutation property test)."""
+    g = torch.Generator().manual_seed(0)
+    a = 0.3 * torch.randn(9, generator=g, dtype=torch.float64)
+    b = 3e-6 * torch.randn(9, generator=g, dtype=torch.float64)
+    matrix = torch.stack([a, -a, b])[list(order)]
+    strategy = IMTLG()
+    d = strategy.combine(matrix)
+    assert strategy.last_stats is not None
+    weights = strategy.last_stats.weights
+    assert abs(float(weights.sum()) - 1.0) <= 1e-12
+    assert float(d.norm()) <= 1e-12 * float(matrix.norm(dim=1).max())
+    assert float(weights[list(order).index(2)]) == pytest.approx(0.0, abs=1e-9)
 
 
 # ----------------------------------------------------------------------- Nash-MTL

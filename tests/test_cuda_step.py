@@ -33,7 +33,7 @@ from mtlkit.strategies.base import Strategy
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 K, D, H = 3, 16, 32
-DEVICE_RULE = ["sum", "mean", "weighted", "pcgrad", "gradnorm"]
+DEVICE_RULE = ["sum", "mean", "weighted", "pcgrad", "gradnorm", "imtl-g"]
 LOSS_WEIGHTINGS = ["uncertainty", "dwa", "famo", "rlw"]
 
 

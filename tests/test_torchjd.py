@@ -399,7 +399,7 @@ def test_convention_gradvac_defaults() -> None:
 def test_convention_imtlg_dependent_rows(matrix: Tensor) -> None:
     """With linearly dependent rows the IMTL-G conditions (equal projections d·u_i,
     Σα_i = 1) have many solutions. TorchJD takes the minimum-norm α = G⁺‖g‖ (normalised);
-    mtlkit the minimum-norm solution of the symmetric system in β = α ⊙ ‖g‖. Every
+    mtlkit β = α ⊙ ‖g‖ ∝ C⁺1 on the cosine matrix (d = 0 when 1 is not in C's range). Every
     solution's update is a multiple of Û⁺1, so the two updates are parallel; mtlkit's
     satisfies the conditions."""
     ours = IMTLG()

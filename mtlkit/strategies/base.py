@@ -125,7 +125,7 @@ class GramianStrategy(Strategy):
       weights are sent back asynchronously. Iterative solvers (scipy, data-dependent loop
       counts) become microseconds of CPU work.
     * ``False`` (closed-form rules or a fixed number of small tensor ops: Sum, Mean,
-      Weighted, PCGrad, GradNorm): the rule runs on J's device and :meth:`combine` reads
+      Weighted, PCGrad, GradNorm, IMTL-G): the rule runs on J's device and :meth:`combine` reads
       no value back to the host (no ``.item()``, ``bool()``, ``.tolist()``): the
       finiteness check is a device-side flag (:func:`mtlkit._guard.finite_flag`) that
       turns the weights into NaN, so the update is NaN, which the engine's one check of
