@@ -277,7 +277,7 @@ def test_resume_with_changed_options_is_refused(
     args = [*TINY, "--out-dir", str(run), "--resume", "--lr", "1", "--strategy", "pcgrad"]
     assert main(args) == 2
     line = _one_error(capsys.readouterr().err)
-    assert "--lr 5e-05 -> 1.0" in line, line
+    assert "--lr 0.0001 -> 1.0" in line, line
     assert "--strategy 'mgda' -> 'pcgrad'" in line, line
     assert _snapshot(run) == before
 
