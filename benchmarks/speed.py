@@ -22,7 +22,7 @@ Sections (each prints a table; all of it is written to ``--out``, a Markdown fil
    ``autojac.backward(losses, inputs=shared)`` + ``jac_to_grad`` (shared parameters only);
    and ``sum(losses).backward()``, the cost without a multitask method. Each library's
    ``.grad`` is checked against a float64 reference built from plain per-task autograd
-   gradients, and against each other (``--aggregators``: PCGrad and UPGrad). TorchJD's
+   gradients, and against each other (``--aggregators``: PCGrad, UPGrad, IMTL-G). TorchJD's
    PCGrad draws its task orders from torch's global generator, so it is compared for K = 2
    only (one order); its UPGrad adds a ridge of 1e-4 to the trace-normalised Gramian by
    default, which moves its update by about 1e-4 to 1e-3 (relative) from the exact one.
@@ -195,7 +195,7 @@ def aggregation(sizes: list[int], ks: list[int], repeats: int, device: torch.dev
 TRUNK_DEPTH = 4
 HEAD_OUT = 4
 #: Aggregators of the end-to-end section: mtlkit's strategy name -> TorchJD's class name.
-ENDTOEND_AGGREGATORS = {"pcgrad": "PCGrad", "upgrad": "UPGrad"}
+ENDTOEND_AGGREGATORS = {"pcgrad": "PCGrad", "upgrad": "UPGrad", "imtl-g": "IMTLG"}
 #: Largest K for which the exact UPGrad reference (2^K active sets per task) is computed.
 UPGRAD_REFERENCE_MAX_K = 12
 
@@ -305,6 +305,18 @@ def upgrad_reference(matrix: Tensor) -> Tensor:
     eye = torch.eye(k, dtype=torch.float64)
     weights = torch.stack([dual_cone_weights(gram, eye[i]) for i in range(k)]).sum(dim=0)
     return (weights / k) @ j64
+
+
+def imtlg_reference(matrix: Tensor) -> Tensor:
+    """IMTL-G (Liu et al. 2021, ICLR) in float64, the paper's closed form in P-space:
+    α_{2:K} = g_1 Uᵀ (D Uᵀ)⁻¹, α_1 = 1 - Σ α_{2:K}, rows D_t = g_1 - g_t, U_t = u_1 - u_t
+    (G invertible)."""
+    j64 = matrix.double()
+    units = j64 / j64.norm(dim=1, keepdim=True)
+    d_rows, u_rows = j64[0] - j64[1:], units[0] - units[1:]
+    tail = torch.linalg.solve((d_rows @ u_rows.T).T, u_rows @ j64[0])
+    alpha = torch.cat([(1 - tail.sum()).reshape(1), tail])
+    return alpha @ j64
 
 
 def _mtlkit_strategy(name: str, k: int) -> mtlkit.Strategy:
@@ -430,6 +442,8 @@ def _endtoend_one(
                 replay.generator.set_state(state)
                 orders = replay.draw_orders(k).tolist()
             ref = pcgrad_with_orders(ref_j, orders)
+        elif name == "imtl-g":
+            ref = imtlg_reference(ref_j)
         elif k <= UPGRAD_REFERENCE_MAX_K:
             ref = upgrad_reference(ref_j)
         else:
@@ -701,7 +715,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--aggregators",
         default="pcgrad,upgrad",
-        help="end-to-end section: the aggregators compared (pcgrad, upgrad)",
+        help="end-to-end section: the aggregators compared (pcgrad, upgrad, imtl-g)",
     )
     ap.add_argument(
         "--step-compile",

@@ -43,7 +43,9 @@ def _row(rows: list[dict], aggregator: str, k: int) -> dict:
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
-    return speed.endtoend([2000], [2, 3], 2, CPU, batch=8, aggregators=["pcgrad", "upgrad"])
+    return speed.endtoend(
+        [2000], [2, 3], 2, CPU, batch=8, aggregators=["pcgrad", "upgrad", "imtl-g"]
+    )
 
 
 def test_rows_exist_with_positive_times(rows: list[dict]) -> None:
@@ -52,6 +54,8 @@ def test_rows_exist_with_positive_times(rows: list[dict]) -> None:
         ("pcgrad", 3),
         ("upgrad", 2),
         ("upgrad", 3),
+        ("imtl-g", 2),
+        ("imtl-g", 3),
     ]
     for r in rows:
         assert 1500 < r["P"] < 2500
@@ -86,6 +90,26 @@ def test_torchjd_columns_and_agreement(rows: list[dict]) -> None:
             continue
         # TorchJD's default ridge (1e-4 on the trace-normalised Gramian) moves its update
         assert up["torchjd err"] < 1e-2 and up["mtlkit vs torchjd"] < 1e-2
+    for k in (2, 3):  # IMTL-G has one answer when G is invertible: both libraries meet it
+        imtl = _row(rows, "imtl-g", k)
+        assert imtl["torchjd ms"] > 0
+        assert imtl["torchjd err"] < TIGHT and imtl["mtlkit vs torchjd"] < TIGHT
+
+
+def test_imtlg_reference_meets_the_paper_conditions() -> None:
+    """The float64 IMTL-G reference: weights summing to 1, equal projections onto every
+    task's unit gradient; for two orthogonal rows, the sum of the unit rows scaled to it."""
+    gen = torch.Generator().manual_seed(0)
+    j = torch.randn(4, 9, generator=gen, dtype=torch.float64)
+    d = speed.imtlg_reference(j)
+    alpha = torch.linalg.lstsq(j.T, d[:, None]).solution.squeeze(1)
+    assert abs(float(alpha.sum()) - 1.0) < 1e-10
+    proj = (j @ d) / j.norm(dim=1)
+    assert float(proj.max() - proj.min()) < 1e-10 * float(d.norm())
+    ortho = torch.tensor([[3.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    torch.testing.assert_close(
+        speed.imtlg_reference(ortho), torch.tensor([0.75, 0.75], dtype=torch.float64)
+    )
 
 
 def test_a_wrong_combination_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
