@@ -1,7 +1,7 @@
 """Command line: ``python -m examples.minbert train|evaluate ...`` (from the repository root).
 
 The defaults of ``train`` are the README's main job: multitask training of the embedded
-all-MiniLM-L6-v2 on SST, Quora and STS with MGDA, sized for about 13 minutes on a
+all-MiniLM-L6-v2 on SST, Quora and STS with MGDA, sized for about 17 minutes on a
 2-core CPU. Longer runs: raise ``--epochs`` / ``--steps-per-epoch``.
 
 This module parses arguments into a :class:`~examples.minbert.train.TrainConfig` and calls

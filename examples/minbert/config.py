@@ -46,7 +46,7 @@ class TrainConfig:
     scheduler: str = "round-robin"
     scheduler_options: dict[str, Any] = field(default_factory=dict)
     fine_tune: str = "full-model"  # or "last-linear-layer" (encoder frozen)
-    epochs: int = 3
+    epochs: int = 4  # chosen on validation: benchmarks/results/sweep-cpu-v2.md
     steps_per_epoch: int | None = 140  # None or 0: the scheduler's own epoch rule
     # examples per task and step: None (each task's own), one size, or one per task
     batch_size: int | list[int] | None = None
