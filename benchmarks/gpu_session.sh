@@ -9,9 +9,10 @@
 #
 # Parts: setup (python env, no torch reinstall when CUDA works), tests (the CUDA tests:
 # tests/test_cuda_step.py, tests/test_capture.py, the CUDA cases of tests/test_amp.py and
-# tests/test_diagnostics.py), speed (benchmarks/speed.py, sections aggregation, endtoend
-# and step, one process each), matrix (benchmarks/matrix.py --budget full, resumable),
-# and, only when named, sweep (benchmarks/sweep.py: the defaults chosen on validation).
+# tests/test_diagnostics.py), speed (benchmarks/speed.py, sections aggregation, the
+# same with the combine compiled whole, endtoend and step, one process each), matrix
+# (benchmarks/matrix.py --budget full, resumable), and, only when named, sweep
+# (benchmarks/sweep.py: the defaults chosen on validation).
 # Every part runs under `timeout`, so one that fails or hangs does not stop the others;
 # each one's exit status (124: out of time; "skip": no time left) goes to
 # $OUT/status.tsv and to stdout, its output to $OUT/<part>.log.
@@ -192,25 +193,31 @@ part_tests() {  # three pytest runs, so each one's result is kept if a later one
 part_speed() {  # one process per section: a slow section does not cost the others
     local end=$(($(date +%s) + SPEED_S)) section cap
     local -a extra
-    for section in aggregation endtoend step stepgraphs; do
+    for section in aggregation aggcompiled endtoend step stepgraphs; do
         if [[ $section == step* ]] && ! use_carried_weights; then
             printf 'speed-%s\tskip\t0\t(no miniBERT weights)\n' "$section" >>"$STATUS"
             continue
         fi
         extra=()
         case $section in  # each section prints its rows as they come (kept in its log)
-            aggregation) cap=$((SPEED_S * 30 / 100)) ;;
-            endtoend) cap=$((SPEED_S * 40 / 100)) ;;
+            aggregation) cap=$((SPEED_S * 25 / 100)) ;;
+            aggcompiled) cap=$((SPEED_S * 15 / 100)) ;;  # compiles once per K
+            endtoend) cap=$((SPEED_S * 35 / 100)) ;;
             step) cap=$((SPEED_S * 15 / 100)) ;;
             *) cap=$((end - $(date +%s))) ;;  # the step with CUDA graphs
         esac
         local name=$section
+        local sizes=$SIZES
         if [ "$section" = stepgraphs ]; then
             section=step
             extra=(--step-compile reduce-overhead)
+        elif [ "$section" = aggcompiled ]; then  # PCGrad's combine compiled whole (fused)
+            section=aggregation
+            sizes=22700000
+            extra=(--aggregation-compile default)
         fi
         run_part "speed-$name" "$cap" "$PY" benchmarks/speed.py --device cuda \
-            --sizes "$SIZES" --ks "$KS" --sections "$section" "${extra[@]}" \
+            --sizes "$sizes" --ks "$KS" --sections "$section" "${extra[@]}" \
             --out "$OUT/speed-h200-$name.md"
     done
 }

@@ -5,7 +5,9 @@ Sections (each prints a table; all of it is written to ``--out``, a Markdown fil
 1. **aggregation** — PCGrad of a K x P per-task gradient matrix (P = 22.7M, MiniLM-L6
    size, and optionally 110M, BERT-base size): mtlkit vs TorchJD vs a loop in the style of
    the popular PyTorch port, against one read pass over J (``torch.sum(J, 0, out=...)``);
-   with each output's error relative to an exact float64 computation.
+   with each output's error relative to an exact float64 computation. With
+   ``--aggregation-compile MODE``, also mtlkit's combine compiled whole
+   (``torch.compile(fullgraph=True)``: inductor fuses the K x K surgery's small ops).
 2. **step** — one-batch-per-task loop on miniBERT (real weights, 3 tasks): a PCGrad step
    through ``TaskGradients`` vs the same loop with summed gradients (``loss.backward()``
    per task); and, when all tasks share one batch and graph, the summed one-graph step vs
@@ -135,7 +137,12 @@ def _torchjd_pcgrad() -> Callable[[torch.Tensor], torch.Tensor] | None:
 
 
 def _aggregate_one(
-    p: int, k: int, repeats: int, device: torch.device, torchjd: Callable | None
+    p: int,
+    k: int,
+    repeats: int,
+    device: torch.device,
+    torchjd: Callable | None,
+    compile_mode: str | None = None,
 ) -> dict:
     gen = torch.Generator(device="cpu").manual_seed(k)
     matrix = torch.randn(k, p, generator=gen).to(device)
@@ -156,11 +163,27 @@ def _aggregate_one(
     if p * k <= 8 * 23_000_000:
         pg = torch.Generator().manual_seed(0)
         fns["port loop"] = lambda: port_style_pcgrad(matrix, pg)
+    if compile_mode is not None:
+        # the same call compiled whole: the K x K surgery's small ops fused by inductor
+        compiled = PCGrad(seed=0)
+        fn = torch.compile(
+            lambda j, o: compiled.combine(j, out=o),
+            fullgraph=True,
+            mode=None if compile_mode == "default" else compile_mode,
+        )
+        fns["mtlkit compiled"] = lambda: fn(matrix, out)
     t = timed(fns, repeats, device)
     ref = exact_pcgrad(matrix.cpu(), seed=5)
     mine = PCGrad(seed=5).combine(matrix).double().cpu()
     row = {"P": p, "K": k, **{f"{n} ms": 1e3 * v for n, v in t.items()}}
     row["mtlkit err"] = ((mine - ref).norm() / ref.norm()).item()
+    if compile_mode is not None:
+        # a fresh strategy of the same seed, compiled, must give what the eager one gave
+        again = PCGrad(seed=5)
+        got = torch.compile(lambda j: again.combine(j), fullgraph=True)(matrix)
+        row["compiled err"] = ((got.double().cpu() - ref).norm() / ref.norm()).item()
+        row["compiled / read"] = t["mtlkit compiled"] / t["read pass"]
+        row["compiled / mtlkit"] = t["mtlkit compiled"] / t["mtlkit"]
     row["mtlkit / read"] = t["mtlkit"] / t["read pass"]
     row["plain / (out + fresh output)"] = t["mtlkit plain"] / (t["mtlkit"] + t["fresh output"])
     if "torchjd" in t:
@@ -178,12 +201,20 @@ def _aggregate_one(
     return row
 
 
-def aggregation(sizes: list[int], ks: list[int], repeats: int, device: torch.device) -> list[dict]:
+def aggregation(
+    sizes: list[int],
+    ks: list[int],
+    repeats: int,
+    device: torch.device,
+    compile_mode: str | None = None,
+) -> list[dict]:
+    """One row per (P, K); ``compile_mode`` adds mtlkit's combine compiled whole with
+    ``torch.compile(fullgraph=True, mode=...)`` (``"default"``: inductor's default mode)."""
     torchjd = _torchjd_pcgrad()
     rows = []
     for p in sizes:
         for k in ks:
-            row = _aggregate_one(p, k, repeats, device, torchjd)
+            row = _aggregate_one(p, k, repeats, device, torchjd, compile_mode)
             print(json.dumps(row))
             rows.append(row)
     return rows
@@ -718,6 +749,12 @@ def main(argv: list[str] | None = None) -> None:
         help="end-to-end section: the aggregators compared (pcgrad, upgrad, imtl-g)",
     )
     ap.add_argument(
+        "--aggregation-compile",
+        default=None,
+        help="aggregation section: also time mtlkit's PCGrad combine compiled whole "
+        "(torch.compile fullgraph=True) in this mode ('default', 'max-autotune', ...)",
+    )
+    ap.add_argument(
         "--step-compile",
         default=None,
         help="step section: compile the task losses with this torch.compile mode (e.g. "
@@ -749,6 +786,7 @@ def main(argv: list[str] | None = None) -> None:
             [int(k) for k in args.ks.split(",")],
             args.repeats,
             device,
+            args.aggregation_compile,
         )
         report.append("## PCGrad aggregation (medians, interleaved)\n\n" + table(rows) + "\n")
     if "endtoend" in sections:

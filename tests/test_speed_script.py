@@ -160,3 +160,16 @@ def test_command_line_writes_the_section(tmp_path: Path) -> None:
     )
     text = out.read_text()
     assert "## End to end" in text and "| pcgrad | 2024 | 2 |" in text
+
+
+def test_aggregation_rows_with_the_compiled_combine() -> None:
+    """The aggregation section at a tiny size: every timing column exists, and the combine
+    compiled whole gives the exact PCGrad update (float32 against float64)."""
+    rows = speed.aggregation([3000], [3], 1, CPU, compile_mode="default")
+    assert [(r["P"], r["K"]) for r in rows] == [(3000, 3)]
+    for r in rows:
+        for key in ("read pass ms", "mtlkit ms", "mtlkit plain ms", "mtlkit compiled ms"):
+            assert r[key] > 0
+        assert 0 <= r["mtlkit err"] < TIGHT
+        assert 0 <= r["compiled err"] < TIGHT
+        assert r["compiled / mtlkit"] > 0
