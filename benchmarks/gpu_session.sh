@@ -211,10 +211,10 @@ part_speed() {  # one process per section: a slow section does not cost the othe
         if [ "$section" = stepgraphs ]; then
             section=step
             extra=(--step-compile reduce-overhead)
-        elif [ "$section" = aggcompiled ]; then  # PCGrad's combine compiled whole (fused)
+        elif [ "$section" = aggcompiled ]; then  # PCGrad's combine as one CUDA graph
             section=aggregation
             sizes=22700000
-            extra=(--aggregation-compile default)
+            extra=(--aggregation-compile reduce-overhead)
         fi
         run_part "speed-$name" "$cap" "$PY" benchmarks/speed.py --device cuda \
             --sizes "$sizes" --ks "$KS" --sections "$section" "${extra[@]}" \

@@ -56,10 +56,10 @@ def _gramian(matrix: Tensor, chunk: int) -> Tensor:
 def _blocked_gramian(matrix: Tensor, chunk: int) -> Tensor:
     k, p = matrix.shape
     n = p // chunk
-    g = torch.zeros((k, k), dtype=torch.float64, device=matrix.device)
-    if n > 0:
-        blocks = matrix[:, : n * chunk].reshape(k, n, chunk).transpose(0, 1)
-        g += torch.bmm(blocks, blocks.transpose(1, 2)).sum(dim=0, dtype=torch.float64)
+    if n == 0:  # P < chunk: one product
+        return (matrix @ matrix.T).double()
+    blocks = matrix[:, : n * chunk].reshape(k, n, chunk).transpose(0, 1)
+    g = torch.bmm(blocks, blocks.transpose(1, 2)).sum(dim=0, dtype=torch.float64)
     if n * chunk < p:
         tail = matrix[:, n * chunk :]
         g += (tail @ tail.T).double()

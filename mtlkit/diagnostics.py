@@ -15,7 +15,6 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,12 +23,14 @@ from torch import Tensor
 __all__ = ["ConflictLog", "GradientStats"]
 
 
-@dataclass(frozen=True)
 class GradientStats:
     """Gradient-conflict figures of one combination.
 
     All fields are tensors on the gradients' device (float64), so reading them costs no
-    device sync until a logger asks for values (:meth:`as_dict`).
+    device sync until a logger asks for values (:meth:`as_dict`). Stats made
+    :meth:`from_gramian` keep the K x K Gramian and compute the norms, cosines and
+    conflicts the first time one of them is read (a dozen small kernels a step that no
+    one pays unless they look). The object is read-only.
 
     Attributes:
         norms: (K,) per-task gradient norms ``‖g_i‖``; ``None`` for loss weightings,
@@ -43,25 +44,68 @@ class GradientStats:
             kept).
     """
 
-    norms: Tensor | None
-    cosines: Tensor | None
-    conflicts: Tensor | None
-    weights: Tensor
+    def __init__(
+        self,
+        norms: Tensor | None,
+        cosines: Tensor | None,
+        conflicts: Tensor | None,
+        weights: Tensor,
+    ) -> None:
+        self._figures: tuple[Tensor | None, Tensor | None, Tensor | None] | None = (
+            norms,
+            cosines,
+            conflicts,
+        )
+        self._gram: Tensor | None = None
+        self._weights = weights
 
     @classmethod
     def from_gramian(cls, g: Tensor, weights: Tensor) -> GradientStats:
-        """Norms, cosines and conflicts of the Gramian ``g``, with the weights used."""
-        norms = g.diagonal().clamp(min=0).sqrt()
-        outer = norms[:, None] * norms[None, :]
-        cosines = torch.where(outer > 0, g / outer.clamp(min=torch.finfo(g.dtype).tiny), 0.0)
-        upper = torch.triu(torch.ones_like(g, dtype=torch.bool), diagonal=1)
-        conflicts = ((g < 0) & upper).sum()
-        return cls(norms=norms, cosines=cosines, conflicts=conflicts, weights=weights)
+        """Norms, cosines and conflicts of the Gramian ``g`` (computed when first read),
+        with the weights used."""
+        stats = cls(None, None, None, weights)
+        stats._figures, stats._gram = None, g
+        return stats
 
     @classmethod
     def from_weights(cls, weights: Tensor) -> GradientStats:
         """The stats of a loss weighting: weights only."""
         return cls(norms=None, cosines=None, conflicts=None, weights=weights)
+
+    def with_weights(self, weights: Tensor) -> GradientStats:
+        """The same gradients' stats with other weights (e.g. rescaled)."""
+        stats = GradientStats(None, None, None, weights)
+        stats._figures, stats._gram = self._figures, self._gram
+        return stats
+
+    @property
+    def weights(self) -> Tensor:
+        return self._weights
+
+    @property
+    def norms(self) -> Tensor | None:
+        return self._read()[0]
+
+    @property
+    def cosines(self) -> Tensor | None:
+        return self._read()[1]
+
+    @property
+    def conflicts(self) -> Tensor | None:
+        return self._read()[2]
+
+    def _read(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        if self._figures is None:
+            assert self._gram is not None
+            self._figures = _gramian_figures(self._gram)
+        return self._figures
+
+    def __repr__(self) -> str:
+        norms, cosines, conflicts = self._read()
+        return (
+            f"GradientStats(norms={norms!r}, cosines={cosines!r}, conflicts={conflicts!r}, "
+            f"weights={self.weights!r})"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """Plain Python values (this one call syncs with the device); absent fields are
@@ -72,6 +116,16 @@ class GradientStats:
             "conflicts": None if self.conflicts is None else int(self.conflicts.item()),
             "weights": self.weights.tolist(),
         }
+
+
+def _gramian_figures(g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The norms, cosines and number of conflicting pairs (i < j) of a Gramian."""
+    norms = g.diagonal().clamp(min=0).sqrt()
+    outer = norms[:, None] * norms[None, :]
+    cosines = torch.where(outer > 0, g / outer.clamp(min=torch.finfo(g.dtype).tiny), 0.0)
+    upper = torch.triu(torch.ones_like(g, dtype=torch.bool), diagonal=1)
+    conflicts = ((g < 0) & upper).sum()
+    return norms, cosines, conflicts
 
 
 class ConflictLog:

@@ -172,4 +172,4 @@ def test_aggregation_rows_with_the_compiled_combine() -> None:
             assert r[key] > 0
         assert 0 <= r["mtlkit err"] < TIGHT
         assert 0 <= r["compiled err"] < TIGHT
-        assert r["compiled / mtlkit"] > 0
+        assert r["compiled / plain"] > 0

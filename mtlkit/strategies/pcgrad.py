@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.strategies._draws import SeededDraws, drawer
-from mtlkit.strategies.base import GradientStats, GramianStrategy, register
+from mtlkit.strategies.base import GramianStrategy, register
 
 __all__ = ["PCGrad", "draw_task_orders"]
 
@@ -21,10 +21,10 @@ def draw_task_orders(k: int, generator: torch.Generator) -> Tensor:
     strategies that visit task pairs in random order (PCGrad, GradVac).
     """
     orders = torch.empty((k, max(k - 1, 0)), dtype=torch.long)
-    idx = torch.arange(k)
-    for i in range(k):
-        others = torch.cat([idx[:i], idx[i + 1 :]])
-        orders[i] = others[torch.randperm(k - 1, generator=generator)]
+    for i in range(k):  # K draws in turn, each into its row: a permutation of 0..K-2
+        torch.randperm(k - 1, generator=generator, out=orders[i])
+    # position r of others_i is task r, or r + 1 from i on (task i itself is left out)
+    orders += orders >= torch.arange(k)[:, None]
     return orders
 
 
@@ -105,18 +105,22 @@ class PCGrad(GramianStrategy, SeededDraws):
 
     def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
         k = gram.shape[0]
-        orders = self._orders(k).to(gram.device, non_blocking=True)
-        coef = torch.eye(k, dtype=torch.float64, device=gram.device)
-        sq_norms = gram.diagonal()
-        rows = torch.arange(k, device=gram.device)
+        # step s of the surgery projects each i against task orders[i, s]; everything a
+        # step reads is gathered once, so a step is four kernels for all K tasks at once
+        against = self._orders(k).to(gram.device, non_blocking=True).T  # (K-1, K)
+        eye = torch.eye(k, dtype=torch.float64, device=gram.device)
+        columns = gram.T[against]  # [s, i] = G[:, j], the Gramian's column of that task
+        hits = eye[against]  # [s, i] = e_j: where c_i changes
+        sq_norms = gram.diagonal()[against]
+        tiny = torch.finfo(torch.float64).tiny
+        # ‖g_j‖² (at least the smallest normal number); a zero g_j is never projected
+        # against: its infinite "norm" makes the factor 0
+        denom = torch.where(sq_norms > 0, sq_norms.clamp(min=tiny), torch.inf)
+        coef = eye.clone()  # row i: g_i^PC = c_iᵀJ
         for step in range(k - 1):
-            j = orders[:, step]  # (K,) the task each i projects against now
-            dots = (coef * gram[:, j].T).sum(dim=1)  # (g_i^PC · g_j) for every i
-            denom = sq_norms[j]
-            factor = torch.where(
-                (dots < 0) & (denom > 0), dots / denom.clamp(min=torch.finfo(torch.float64).tiny), 0
-            )
-            coef[rows, j] -= factor
+            dots = torch.linalg.vecdot(coef, columns[step])  # (g_i^PC · g_j) for every i
+            factor = dots.clamp(max=0) / denom[step]  # only conflicting pairs
+            coef.addcmul_(factor[:, None], hits[step], value=-1)
         return coef.sum(dim=0)
 
     def combine_gramian(
@@ -132,10 +136,7 @@ class PCGrad(GramianStrategy, SeededDraws):
             k = matrix.shape[0]
             update.div_(k)
             if self.last_stats is not None:
-                stats = self.last_stats
-                self.last_stats = GradientStats(
-                    stats.norms, stats.cosines, stats.conflicts, stats.weights / k
-                )
+                self.last_stats = self.last_stats.with_weights(self.last_stats.weights / k)
         return update
 
     def state_dict(self) -> dict[str, Any]:
