@@ -257,3 +257,27 @@ def test_an_engine_run_records_every_step() -> None:
     assert s["steps"] == 5 and s["conflict_fraction"] is not None
     assert s["conflict_fraction"] > 0
     assert all(math.isfinite(v) for v in s["norm_mean"].values())
+
+
+def test_stats_from_a_gramian_are_computed_when_first_read() -> None:
+    """Nothing is computed from the Gramian until a figure is read; the figures are
+    computed once, and ``with_weights`` shares them."""
+    g = torch.tensor([[4.0, -1.0, 0.0], [-1.0, 1.0, 0.5], [0.0, 0.5, 0.0]], dtype=torch.float64)
+    Spy.calls = []
+    stats = GradientStats.from_gramian(g.as_subclass(Spy), torch.ones(3, dtype=torch.float64))
+    assert Spy.calls == []  # a combine whose stats nobody reads pays nothing for them
+    norms = stats.norms
+    assert Spy.calls, "reading the norms computed nothing: the test would prove nothing"
+    count = len(Spy.calls)
+    assert stats.cosines is not None and stats.conflicts is not None
+    assert stats.norms is norms and len(Spy.calls) == count  # computed once
+    torch.testing.assert_close(norms, torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(stats.cosines[0, 1], torch.tensor(-0.5, dtype=torch.float64))
+    assert stats.cosines[2].abs().sum() == 0  # a zero gradient has cosine 0
+    assert int(stats.conflicts) == 1
+    halved = stats.with_weights(stats.weights / 2)
+    count = len(Spy.calls)
+    assert halved.norms is norms and halved.cosines is stats.cosines
+    assert len(Spy.calls) == count
+    assert halved.as_dict()["weights"] == [0.5, 0.5, 0.5]
+    assert stats.as_dict()["weights"] == [1.0, 1.0, 1.0]
