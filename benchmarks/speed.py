@@ -5,7 +5,8 @@ Sections (each prints a table; all of it is written to ``--out``, a Markdown fil
 1. **aggregation** — PCGrad of a K x P per-task gradient matrix (P = 22.7M, MiniLM-L6
    size, and optionally 110M, BERT-base size): mtlkit vs TorchJD vs a loop in the style of
    the popular PyTorch port, against one read pass over J (``torch.sum(J, 0, out=...)``);
-   with each output's error relative to an exact float64 computation. With
+   with each output's error relative to an exact float64 computation, and the operations
+   (kernel launches on a GPU, views not counted) of one plain call of each library. With
    ``--aggregation-compile MODE``, also mtlkit's plain call compiled whole
    (``torch.compile(fullgraph=True, mode=MODE)``: inductor fuses the K x K surgery's
    small ops; ``reduce-overhead`` on CUDA replays the call as one CUDA graph).
@@ -88,6 +89,23 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.devi
             sync(device)
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def count_ops(fn: Callable[[], object]) -> int:
+    """The aten operations other than views one call of ``fn`` dispatches: on a GPU each
+    is a kernel launch (or a host-side op) and a few microseconds of host time."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            Count.n += not func.is_view
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -180,6 +198,9 @@ def _aggregate_one(
     mine = PCGrad(seed=5).combine(matrix).double().cpu()
     row = {"P": p, "K": k, **{f"{n} ms": 1e3 * v for n, v in t.items()}}
     row["mtlkit err"] = ((mine - ref).norm() / ref.norm()).item()
+    row["mtlkit ops"] = count_ops(fns["mtlkit plain"])
+    if "torchjd" in fns:
+        row["torchjd ops"] = count_ops(fns["torchjd"])
     if compile_mode is not None:
         # a fresh strategy of the same seed, compiled, must give what the eager one gave
         again = PCGrad(seed=5)

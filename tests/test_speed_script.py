@@ -173,3 +173,4 @@ def test_aggregation_rows_with_the_compiled_combine() -> None:
         assert 0 <= r["mtlkit err"] < TIGHT
         assert 0 <= r["compiled err"] < TIGHT
         assert r["compiled / plain"] > 0
+        assert 10 < r["mtlkit ops"] < 200  # PCGrad at K = 3: about 50 (no loop over P)
