@@ -1,7 +1,7 @@
 """Command line: ``python -m examples.minbert train|evaluate ...`` (from the repository root).
 
 The defaults of ``train`` are the README's main job: multitask training of the embedded
-all-MiniLM-L6-v2 on SST, Quora and STS with MGDA, sized for about 17 minutes on a
+all-MiniLM-L6-v2 on SST, Quora and STS with MGDA, sized for about 19 minutes on a
 2-core CPU. Longer runs: raise ``--epochs`` / ``--steps-per-epoch``.
 
 This module parses arguments into a :class:`~examples.minbert.train.TrainConfig` and calls
@@ -71,7 +71,7 @@ def _batch_sizes(text: str) -> int | list[int]:
         sizes = [int(x) for x in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a batch size or one per task (e.g. 32,16,8), got {text!r}"
+            f"expected a batch size or one per task (e.g. 32,24,12), got {text!r}"
         ) from None
     if min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_batch_sizes,
         default=d.batch_size,
-        help="examples per task and step: one number, or one per task (e.g. 32,16,8: the "
+        help="examples per task and step: one number, or one per task (e.g. 32,24,12: the "
         "default for sst,quora,sts)",
     )
     tr.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)

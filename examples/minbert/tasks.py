@@ -419,7 +419,7 @@ def quora(
         predict=predict,
         metrics=accuracy_metrics,
         score=lambda m: m["acc"],
-        batch_size=16,
+        batch_size=24,  # with STS 12, chosen on validation: benchmarks/results/sweep-cpu-v3.md
         num_classes=2,
         calibrate=_fit_threshold if build_loss is not None else None,
     )
@@ -487,7 +487,7 @@ def sts(
         predict=lambda model, head, batch: head.scores(model, batch),
         metrics=correlation_metrics,
         score=lambda m: (m["pearson"] + 1.0) / 2.0,
-        batch_size=8,
+        batch_size=12,  # with Quora 24, chosen on validation: benchmarks/results/sweep-cpu-v3.md
     )
 
 
