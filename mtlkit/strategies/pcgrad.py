@@ -106,7 +106,7 @@ class PCGrad(GramianStrategy, SeededDraws):
     def weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
         k = gram.shape[0]
         # step s of the surgery projects each i against task orders[i, s]; everything a
-        # step reads is gathered once, so a step is four kernels for all K tasks at once
+        # step reads is gathered once, so a step is four operations for all K tasks at once
         against = self._orders(k).to(gram.device, non_blocking=True).T  # (K-1, K)
         eye = torch.eye(k, dtype=torch.float64, device=gram.device)
         columns = gram.T[against]  # [s, i] = G[:, j], the Gramian's column of that task
