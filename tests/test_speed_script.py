@@ -174,3 +174,18 @@ def test_aggregation_rows_with_the_compiled_combine() -> None:
         assert 0 <= r["compiled err"] < TIGHT
         assert r["compiled / plain"] > 0
         assert 10 < r["mtlkit ops"] < 200  # PCGrad at K = 3: about 50 (no loop over P)
+
+
+def _ops_per_pcgrad_combine(k: int) -> int:
+    matrix = torch.randn(k, 64, generator=torch.Generator().manual_seed(k))
+    strategy = mtlkit.PCGrad(seed=0)
+    return speed.count_ops(lambda: strategy.combine(matrix))
+
+
+def test_pcgrad_surgery_costs_a_few_operations_per_task_not_per_pair() -> None:
+    """Each of the K - 1 steps of PCGrad's surgery handles all K tasks at once: the
+    operations of a call (``count_ops``: kernel launches on a GPU) grow by a handful per
+    extra task (a step's five kernels and one CPU draw; the code before measured 18), not
+    by a step's worth per task pair."""
+    per_task = (_ops_per_pcgrad_combine(8) - _ops_per_pcgrad_combine(2)) / 6
+    assert 0 < per_task <= 6, per_task
