@@ -77,12 +77,21 @@ def variant_rows(variants: list[str]) -> list[Row]:
     return [sweep_row(tuple(shlex.split(text))) for text in variants]
 
 
-def rank(rows: list[Row], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def rank(
+    rows: list[Row], results: list[dict[str, Any]], seeds: int | None = None
+) -> list[dict[str, Any]]:
     """Each combination's mean validation and dev overall scores, best on validation
-    first (dev does not take part in the order)."""
+    first (dev does not take part in the order).
+
+    With ``seeds``, rows are compared on the same seeds, 0 .. seeds - 1: runs of other
+    seeds are left out, and a row that lacks some of them ("complete" False) is ranked
+    after every row that has them all, so a mean over fewer or other seeds never wins.
+    """
     out = []
     for row in rows:
         runs = [r for r in results if r["key"] == row.key]
+        if seeds is not None:
+            runs = [r for r in runs if r["seed"] < seeds]
         if not runs:
             continue
         val = [r["val"]["overall"] for r in runs]
@@ -91,6 +100,7 @@ def rank(rows: list[Row], results: list[dict[str, Any]]) -> list[dict[str, Any]]
             {
                 "label": row.key.split(":", 1)[1],
                 "seeds": len(runs),
+                "complete": seeds is None or len(runs) == seeds,
                 "val": (statistics.fmean(val), statistics.stdev(val) if len(val) > 1 else 0.0),
                 "dev": (statistics.fmean(dev), statistics.stdev(dev) if len(dev) > 1 else 0.0),
                 "dev_tasks": {
@@ -99,7 +109,7 @@ def rank(rows: list[Row], results: list[dict[str, Any]]) -> list[dict[str, Any]]
                 },
             }
         )
-    return sorted(out, key=lambda r: -r["val"][0])
+    return sorted(out, key=lambda r: (not r["complete"], -r["val"][0]))
 
 
 def markdown(ranked: list[dict[str, Any]], header: str) -> str:
@@ -111,7 +121,8 @@ def markdown(ranked: list[dict[str, Any]], header: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(ranked):
-        mark = " (chosen)" if i == 0 else ""
+        mark = " (chosen)" if i == 0 and r["complete"] else ""
+        mark = mark if r["complete"] else " (fewer seeds: not chosen)"
         t = r["dev_tasks"]
         lines.append(
             f"| `{r['label']}`{mark} | {r['seeds']} | {r['val'][0]:.4f} ± {r['val'][1]:.4f} | "
@@ -137,6 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="benchmarks/results/sweep")
     ap.add_argument("--scratch", default="runs/sweep")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the table from the runs stored, train nothing",
+    )
     args = ap.parse_args(argv)
     try:
         rows = (grid_rows(parse_grid(args.grid)) if args.grid else []) + variant_rows(args.variant)
@@ -150,23 +166,25 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     store = out.with_suffix(".json")
     results: list[dict[str, Any]] = json.loads(store.read_text()) if store.exists() else []
-    execute(
-        lambda done: [(row, seed) for seed in range(args.seeds) for row in rows],
-        results,
-        store,
-        BUDGETS[args.budget],
-        device=args.device,
-        scratch=Path(args.scratch),
-        jobs=args.jobs,
-    )
+    if not args.report_only:
+        execute(
+            lambda done: [(row, seed) for seed in range(args.seeds) for row in rows],
+            results,
+            store,
+            BUDGETS[args.budget],
+            device=args.device,
+            scratch=Path(args.scratch),
+            jobs=args.jobs,
+        )
     command = shlex.join(argv if argv is not None else sys.argv[1:])
     header = (
         f"## miniBERT defaults chosen on the validation split (`{args.budget}` budget)\n\n"
         f"Command: `python benchmarks/sweep.py {command}`\n\nMachine: {machine()}\n\n"
         "Every run picks its best epoch on validation; the combination with the best mean "
-        "validation overall is chosen; dev (the test) is shown and chooses nothing."
+        f"validation overall over the same seeds (0..{args.seeds - 1}) is chosen; dev (the "
+        "test) is shown and chooses nothing."
     )
-    text = markdown(rank(rows, results), header)
+    text = markdown(rank(rows, results, args.seeds), header)
     out.with_suffix(".md").write_text(text)
     print(text)
 

@@ -194,6 +194,33 @@ def test_sweep_ranks_by_validation_not_dev() -> None:
     assert rows[1].args == ("--lr", "b")
 
 
+def test_sweep_compares_rows_on_the_same_seeds(tmp_path: Path) -> None:
+    """A row's extra seeds do not enter its mean, and a row short of seeds (a screen) is
+    never chosen over one that has them all, however high its mean."""
+    rows = sweep.variant_rows(["--lr a", "--lr b", "--lr c"])
+    results = [
+        _record("main/sweep:lr=a", s, overall=0.5, val=v) for s, v in enumerate([0.6, 0.7, 0.1])
+    ]
+    results += [_record("main/sweep:lr=b", s, overall=0.5, val=0.62) for s in range(2)]
+    results += [_record("main/sweep:lr=c", 0, overall=0.5, val=0.9)]
+    ranked = sweep.rank(rows, results, seeds=2)
+    assert [(r["label"], r["seeds"], r["complete"]) for r in ranked] == [
+        ("lr=a", 2, True),  # 0.65 over seeds 0, 1 (0.467 with its seed 2)
+        ("lr=b", 2, True),
+        ("lr=c", 1, False),
+    ]
+    assert ranked[0]["val"][0] == pytest.approx(0.65)
+    assert [r["label"] for r in sweep.rank(rows, results)] == ["lr=c", "lr=b", "lr=a"]
+    out = tmp_path / "r"
+    out.with_suffix(".json").write_text(json.dumps(results))
+    argv = ["--variant", "--lr a", "--variant", "--lr b", "--variant", "--lr c"]
+    sweep.main([*argv, "--seeds", "2", "--report-only", "--out", str(out)])
+    table = out.with_suffix(".md").read_text()
+    assert "| `lr=a` (chosen) | 2 | 0.6500" in table
+    assert "| `lr=c` (fewer seeds: not chosen) | 1 | 0.9000" in table
+    assert len(json.loads(out.with_suffix(".json").read_text())) == 6  # trained nothing
+
+
 def test_sweep_variants_are_one_row_each_and_the_defaults_are_the_empty_one(
     tmp_path: Path,
 ) -> None:

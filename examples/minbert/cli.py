@@ -28,6 +28,7 @@ from . import evaluate, report
 from .checkpoint import CheckpointError, ConfigError, RunError, load_checkpoint, write_atomic
 from .multitask import POOLINGS
 from .tasks import (
+    HEAD_DROPOUT,
     QUORA_PAIRWISE,
     QUORA_STRUCTURES,
     STS_STRUCTURES,
@@ -202,7 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="move the margin linearly to this value over --margin-steps",
     )
     tr.add_argument("--margin-steps", type=int, default=1000)
-    tr.add_argument("--dropout", type=float, default=0.0, help="on the SST/Quora/STS heads")
+    tr.add_argument(
+        "--dropout",
+        type=float,
+        default=HEAD_DROPOUT,
+        help=f"on the SST/Quora/STS heads (default {HEAD_DROPOUT}, chosen on validation)",
+    )
     tr.add_argument("--fine-tune", default=d.fine_tune, choices=["full-model", "last-linear-layer"])
     tr.add_argument("--epochs", type=int, default=d.epochs)
     tr.add_argument(

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import mtlkit
-from examples.minbert.cli import main
+from examples.minbert.cli import build_parser, config_from_args, main
 from examples.minbert.data import read_sst
 from examples.minbert.multitask import MultitaskBert
 from examples.minbert.tasks import (
+    HEAD_DROPOUT,
     TASKS,
     Classifier,
     Task,
@@ -129,6 +130,27 @@ def test_make_tasks_checks_names_and_options(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(TASKS, "parity", PARITY)
     with pytest.raises(ValueError, match="takes no options"):
         make_tasks(["parity"], {"parity": {"dropout": 0.1}})
+
+
+def _dropouts(tasks: list[Task]) -> list[float]:
+    """The dropout probability of each task's head (hidden size 8)."""
+    return [
+        next(m.p for m in task.head(8).modules() if isinstance(m, torch.nn.Dropout))
+        for task in tasks
+    ]
+
+
+def test_heads_default_to_the_validated_dropout() -> None:
+    """The heads' dropout (0.1, chosen on validation) is the default of the records, of a
+    bare TrainConfig and of the command line alike; ``--dropout 0`` turns it off."""
+    assert HEAD_DROPOUT == 0.1
+    names = ["sst", "quora", "sts"]
+    assert _dropouts(make_tasks(names)) == [HEAD_DROPOUT] * 3
+    assert _dropouts(TrainConfig().task_records()) == [HEAD_DROPOUT] * 3
+    cfg = config_from_args(build_parser().parse_args(["train"]))
+    assert _dropouts(cfg.task_records()) == [HEAD_DROPOUT] * 3
+    cfg = config_from_args(build_parser().parse_args(["train", "--dropout", "0"]))
+    assert _dropouts(cfg.task_records()) == [0.0] * 3
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "pooler"])

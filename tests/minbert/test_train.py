@@ -221,7 +221,7 @@ def test_cli_options_reach_the_config() -> None:
             "--sts-loss-arg",
             "scale=15.5",
             "--dropout",
-            "0.1",
+            "0.3",
         ]
     )
     cfg = config_from_args(args)
@@ -229,7 +229,7 @@ def test_cli_options_reach_the_config() -> None:
     assert cfg.task_options["quora"]["loss"] == "multiple-negatives-ranking"  # "mnrl": alias
     assert cfg.task_options["quora"]["loss_options"] == {"scale": 10}
     assert cfg.task_options["sts"]["loss_options"] == {"scale": 15.5}
-    assert {o["dropout"] for o in cfg.task_options.values()} == {0.1}
+    assert {o["dropout"] for o in cfg.task_options.values()} == {0.3}
     # --margin/--margin-end/--margin-steps: a moving margin of the pairwise loss
     args = build_parser().parse_args(
         ["train", "--quora-loss", "triplet", "--margin-end", "0.9", "--margin-steps", "7"]
