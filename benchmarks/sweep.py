@@ -121,8 +121,9 @@ def markdown(ranked: list[dict[str, Any]], header: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(ranked):
-        mark = " (chosen)" if i == 0 and r["complete"] else ""
-        mark = mark if r["complete"] else " (fewer seeds: not chosen)"
+        mark = " (chosen)" if i == 0 else ""
+        if not r["complete"]:
+            mark = " (fewer seeds: not chosen)"
         t = r["dev_tasks"]
         lines.append(
             f"| `{r['label']}`{mark} | {r['seeds']} | {r['val'][0]:.4f} ± {r['val'][1]:.4f} | "
