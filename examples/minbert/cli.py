@@ -72,7 +72,7 @@ def _batch_sizes(text: str) -> int | list[int]:
         sizes = [int(x) for x in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a batch size or one per task (e.g. 32,24,12), got {text!r}"
+            f"expected a batch size or one per task (e.g. 32,32,16), got {text!r}"
         ) from None
     if min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_batch_sizes,
         default=d.batch_size,
-        help="examples per task and step: one number, or one per task (e.g. 32,24,12: the "
+        help="examples per task and step: one number, or one per task (e.g. 32,32,16: the "
         "default for sst,quora,sts)",
     )
     tr.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)

@@ -425,7 +425,7 @@ def quora(
         predict=predict,
         metrics=accuracy_metrics,
         score=lambda m: m["acc"],
-        batch_size=24,  # with STS 12, chosen on validation: benchmarks/results/sweep-cpu-v3.md
+        batch_size=32,  # with STS 16, chosen on validation: benchmarks/results/sweep-cpu-v5.md
         num_classes=2,
         calibrate=_fit_threshold if build_loss is not None else None,
     )
@@ -493,7 +493,7 @@ def sts(
         predict=lambda model, head, batch: head.scores(model, batch),
         metrics=correlation_metrics,
         score=lambda m: (m["pearson"] + 1.0) / 2.0,
-        batch_size=12,  # with Quora 24, chosen on validation: benchmarks/results/sweep-cpu-v3.md
+        batch_size=16,  # with Quora 32, chosen on validation: benchmarks/results/sweep-cpu-v5.md
     )
 
 

@@ -112,7 +112,7 @@ def test_a_fourth_task_is_one_record(
     assert (out / "dev-predictions" / "parity.csv").is_file()
     config = json.loads((out / "config.json").read_text())
     assert config["tasks"] == ["sst", "quora", "sts", "parity"]
-    assert TrainConfig(**config).task_batch_sizes == [32, 24, 12, 8]  # each record's own
+    assert TrainConfig(**config).task_batch_sizes == [32, 32, 16, 8]  # each record's own
 
 
 def test_make_tasks_checks_names_and_options(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -322,7 +322,7 @@ def test_per_task_batch_sizes(tmp_path: Path) -> None:
     assert [len(batches[t].labels) for t in range(3)] == [6, 3, 2]
     assert cfg.task_batch_sizes == [6, 3, 2]
     assert tiny_config(tmp_path, batch_size=5).task_batch_sizes == [5, 5, 5]
-    assert tiny_config(tmp_path, batch_size=None).task_batch_sizes == [32, 24, 12]
+    assert tiny_config(tmp_path, batch_size=None).task_batch_sizes == [32, 32, 16]
     for bad in ([4, 4], [4, 0, 4], 0):
         with pytest.raises(ValueError, match="batch_size"):
             tiny_config(tmp_path, batch_size=bad)
