@@ -278,7 +278,8 @@ def _pairwise_choices(adapters: Mapping[str, Any]) -> list[str]:
 
 #: Dropout on the input of every head's trained layer (SST's classifier, Quora's logit layer,
 #: STS's regressor in the cross structure), chosen on the validation split:
-#: benchmarks/results/sweep-cpu-v4.md (0.1 against 0 over two seeds, validation 0.7636 vs 0.7613).
+#: benchmarks/results/sweep-cpu-v4.md (0.1 against 0 over two seeds, validation 0.7636 vs 0.7613;
+#: level over three, 0.7601 vs 0.7607: "no worse", not a measured gain).
 HEAD_DROPOUT = 0.1
 
 
