@@ -227,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     tr.add_argument("--lr", type=float, default=d.lr, help="encoder learning rate")
     tr.add_argument("--head-lr", type=float, default=d.head_lr)
+    tr.add_argument(
+        "--layer-lr-decay",
+        type=float,
+        default=d.layer_lr_decay,
+        help="layer-wise rates: encoder layer l of L at lr x decay^(L-l), the embeddings at "
+        "lr x decay^L (default 1: one rate)",
+    )
     tr.add_argument("--weight-decay", type=float, default=d.weight_decay)
     tr.add_argument("--max-length", type=int, default=d.max_length)
     tr.add_argument(

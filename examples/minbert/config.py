@@ -52,6 +52,9 @@ class TrainConfig:
     batch_size: int | list[int] | None = None
     lr: float = 1e-4  # encoder; chosen on validation: benchmarks/results/sweep-cpu-v2.md
     head_lr: float = 1e-2
+    # encoder layer l of L trains at lr * layer_lr_decay**(L - l), the embeddings at
+    # lr * layer_lr_decay**L (1: one rate for the whole encoder)
+    layer_lr_decay: float = 1.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_length: int = 64
@@ -103,6 +106,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not _is_number(value) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        decay = self.layer_lr_decay
+        if not _is_number(decay) or not 0 < decay <= 1:
+            raise ConfigError(f"layer_lr_decay must be in (0, 1], got {decay!r}")
         fraction = self.val_fraction
         if not _is_number(fraction) or not 0 <= fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {fraction!r}")

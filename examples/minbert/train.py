@@ -207,15 +207,43 @@ def build_strategy(cfg: TrainConfig, num_tasks: int, device: torch.device) -> mt
 def build_optimizer(
     model: MultitaskBert, cfg: TrainConfig, strategy: mtlkit.Strategy
 ) -> torch.optim.Optimizer:
-    """AdamW: the encoder at ``lr``; the heads (and learnable strategy weights) at ``head_lr``."""
+    """AdamW: the encoder at ``lr`` (layer by layer under ``layer_lr_decay``, see
+    :func:`encoder_groups`); the heads (and learnable strategy weights) at ``head_lr``."""
     heads = model.head_parameters()
     if isinstance(strategy, mtlkit.UncertaintyWeighting):
         heads += list(strategy.parameters())
-    groups = [{"params": heads, "lr": cfg.head_lr}]
-    encoder = model.shared_parameters()
-    if encoder:
-        groups.insert(0, {"params": encoder, "lr": cfg.lr})
+    groups = encoder_groups(model, cfg.lr, cfg.layer_lr_decay)
+    groups.append({"params": heads, "lr": cfg.head_lr})
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+
+
+def encoder_groups(model: MultitaskBert, lr: float, decay: float) -> list[dict[str, Any]]:
+    """The encoder's parameter groups: one at ``lr`` when ``decay`` is 1; otherwise
+    layer-wise decreasing rates (Sun et al., 2019, "How to Fine-Tune BERT for Text
+    Classification?", section 5.3): layer ``l`` of ``L`` (1 at the bottom) at
+    ``lr * decay**(L - l)``, the embeddings at ``lr * decay**L``, the pooler at ``lr``.
+    Only trainable parameters; groups without one are left out."""
+    shared = {id(p) for p in model.shared_parameters()}
+    if not shared:
+        return []
+    if decay == 1:
+        return [{"params": model.shared_parameters(), "lr": lr}]
+    num_layers = model.encoder.config.num_hidden_layers
+    by_depth: dict[int, list[torch.nn.Parameter]] = {}
+    for name, param in model.encoder.named_parameters():
+        if id(param) not in shared:
+            continue
+        if name.startswith("embeddings."):
+            depth = 0
+        elif name.startswith("encoder.layer."):
+            depth = int(name.split(".")[2]) + 1
+        else:  # the pooler sits on top of the last layer
+            depth = num_layers
+        by_depth.setdefault(depth, []).append(param)
+    return [
+        {"params": params, "lr": lr * decay ** (num_layers - depth)}
+        for depth, params in sorted(by_depth.items())
+    ]
 
 
 def warmup_linear(total: int, warmup: int) -> Any:

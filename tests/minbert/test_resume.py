@@ -170,7 +170,18 @@ def test_killed_mid_epoch_then_resumed_is_bit_identical(
     _assert_same_run(run, reference)
 
 
-SMALL = [*ARGS[:-2], "--seed", "3", "--steps-per-epoch", "4", "--checkpoint-every", "2"]
+#: ... and layer-wise rates: one optimizer group per encoder layer, each with its own state.
+SMALL = [
+    *ARGS[:-2],
+    "--seed",
+    "3",
+    "--steps-per-epoch",
+    "4",
+    "--checkpoint-every",
+    "2",
+    "--layer-lr-decay",
+    "0.8",
+]
 
 
 @pytest.fixture(scope="module")

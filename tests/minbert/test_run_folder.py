@@ -391,6 +391,8 @@ def test_empty_dev_split_is_refused_before_training(
         ("--lr", "-1", "lr"),
         ("--lr", "nan", "lr"),
         ("--head-lr", "-0.5", "head_lr"),
+        ("--layer-lr-decay", "0", "layer_lr_decay"),
+        ("--layer-lr-decay", "1.5", "layer_lr_decay"),
         ("--weight-decay", "inf", "weight_decay"),
         ("--warmup-ratio", "1", "warmup_ratio"),
         ("--warmup-ratio", "-0.1", "warmup_ratio"),

@@ -178,6 +178,40 @@ def test_pooler_is_shared_only_when_read(tmp_path: Path, pooling: str) -> None:
     again.load_state_dict(state)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "pooler"])
+def test_layer_lr_decay_gives_each_layer_its_rate(tmp_path: Path, pooling: str) -> None:
+    cfg = TrainConfig(
+        out_dir=str(tmp_path), init="tiny-random", pooling=pooling, lr=1e-3, layer_lr_decay=0.5
+    )
+    model, _ = build_model(cfg, cfg.task_records())
+    optimizer = build_optimizer(model, cfg, build_strategy(cfg, 3, torch.device("cpu")))
+    rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    num_layers = model.encoder.config.num_hidden_layers
+    expected = {id(p): 1e-3 * 0.5**num_layers for p in model.encoder.embeddings.parameters()}
+    for index, layer in enumerate(model.encoder.encoder.layer):  # layer index + 1 of L
+        expected.update({id(p): 1e-3 * 0.5 ** (num_layers - index - 1) for p in layer.parameters()})
+    if pooling == "pooler":
+        expected.update({id(p): 1e-3 for p in model.encoder.pooler.parameters()})
+    expected.update({id(p): cfg.head_lr for p in model.head_parameters()})
+    # every trainable parameter once, at its layer's rate; the frozen pooler nowhere
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(rate) == len(expected)
+    assert rate == pytest.approx(expected)
+    # the warm-up/decay factor scales every group alike: the ratios between layers stay
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.25)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(
+        [0.25 * g["initial_lr"] for g in optimizer.param_groups]
+    )
+
+
+def test_layer_lr_decay_one_keeps_one_encoder_group(tmp_path: Path) -> None:
+    """The default builds the groups older checkpoints hold: the encoder, then the heads."""
+    cfg = TrainConfig(out_dir=str(tmp_path), init="tiny-random")
+    model, _ = build_model(cfg, cfg.task_records())
+    groups = build_optimizer(model, cfg, build_strategy(cfg, 3, torch.device("cpu"))).param_groups
+    assert [g["lr"] for g in groups] == [cfg.lr, cfg.head_lr]
+    assert [id(p) for p in groups[0]["params"]] == [id(p) for p in model.shared_parameters()]
+
+
 def test_mean_pooling_never_moves_the_pooler(tmp_path: Path) -> None:
     from examples.minbert.train import train
 
