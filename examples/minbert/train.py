@@ -223,11 +223,12 @@ def encoder_groups(model: MultitaskBert, lr: float, decay: float) -> list[dict[s
     Classification?", section 5.3): layer ``l`` of ``L`` (1 at the bottom) at
     ``lr * decay**(L - l)``, the embeddings at ``lr * decay**L``, the pooler at ``lr``.
     Only trainable parameters; groups without one are left out."""
-    shared = {id(p) for p in model.shared_parameters()}
-    if not shared:
+    params = model.shared_parameters()
+    if not params:
         return []
     if decay == 1:
-        return [{"params": model.shared_parameters(), "lr": lr}]
+        return [{"params": params, "lr": lr}]
+    shared = {id(p) for p in params}
     num_layers = model.encoder.config.num_hidden_layers
     by_depth: dict[int, list[torch.nn.Parameter]] = {}
     for name, param in model.encoder.named_parameters():
