@@ -242,8 +242,8 @@ def encoder_groups(model: MultitaskBert, lr: float, decay: float) -> list[dict[s
             depth = num_layers
         by_depth.setdefault(depth, []).append(param)
     return [
-        {"params": params, "lr": lr * decay ** (num_layers - depth)}
-        for depth, params in sorted(by_depth.items())
+        {"params": group, "lr": lr * decay ** (num_layers - depth)}
+        for depth, group in sorted(by_depth.items())
     ]
 
 
