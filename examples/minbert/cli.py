@@ -234,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="layer-wise rates: encoder layer l of L at lr x decay^(L-l), the embeddings at "
         "lr x decay^L (default 1: one rate)",
     )
+    tr.add_argument(
+        "--ema-decay",
+        type=float,
+        default=d.ema_decay,
+        help="evaluate and keep (best.pt) an exponential moving average of the weights with "
+        "this decay, e.g. 0.99 (default 0: the weights themselves)",
+    )
     tr.add_argument("--weight-decay", type=float, default=d.weight_decay)
     tr.add_argument("--max-length", type=int, default=d.max_length)
     tr.add_argument(

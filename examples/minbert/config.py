@@ -55,6 +55,9 @@ class TrainConfig:
     # encoder layer l of L trains at lr * layer_lr_decay**(L - l), the embeddings at
     # lr * layer_lr_decay**L (1: one rate for the whole encoder)
     layer_lr_decay: float = 1.0
+    # > 0: evaluate and keep (best.pt) an exponential moving average of the trainable
+    # weights with this decay (examples.minbert.averaging); 0: the weights themselves
+    ema_decay: float = 0.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_length: int = 64
@@ -109,6 +112,14 @@ class TrainConfig:
         decay = self.layer_lr_decay
         if not _is_number(decay) or not 0 < decay <= 1:
             raise ConfigError(f"layer_lr_decay must be in (0, 1], got {decay!r}")
+        ema = self.ema_decay
+        if not _is_number(ema) or not 0 <= ema < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (0: no average), got {ema!r}")
+        if ema and self.fsdp:
+            raise ConfigError(
+                "ema_decay with fsdp is not supported: the average would be sharded like the "
+                "weights; run without --ema-decay or without --fsdp"
+            )
         fraction = self.val_fraction
         if not _is_number(fraction) or not 0 <= fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {fraction!r}")

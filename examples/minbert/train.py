@@ -17,6 +17,7 @@ record in :mod:`examples.minbert.tasks`; this file does not name any task.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from mtlkit.diagnostics import ConflictLog
 from mtlkit.schedulers import DynamicBatchAllocation, MultiTaskLoader
 
 from . import evaluate, report
+from .averaging import WeightAverage
 from .checkpoint import (
     ConfigError,
     FullModelState,
@@ -416,6 +418,12 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
     # every step's gradient figures, kept on the device (no sync per step); in latest.pt
     conflicts = ConflictLog(names=names, device=device)
     parts["conflicts"] = conflicts
+    # the weights each epoch evaluates and best.pt keeps: their moving average, or themselves
+    average = None
+    if cfg.ema_decay:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        average = WeightAverage(trainable, cfg.ema_decay)
+        parts["average"] = average
     own = {"loader": loader}  # differs per rank
     history: list[dict[str, Any]] = []
     loss_log: list[list[float]] = []
@@ -488,6 +496,8 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
                 distributed=cfg.distributed,
             )
             lr_schedule.step()
+            if average is not None:
+                average.update()
             loss_log.append(step_losses)
             stats = engine.stats if engine is not None else None
             if stats is not None and stats is not recorded:  # (a skipped step keeps old ones)
@@ -505,53 +515,57 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
         mean_losses = [s / max(count, 1) for s in sums]
 
         # ---- evaluate: training examples, the validation split (it picks) and the dev sets
-        # (the test), in eval mode: no randomness
-        on = {"device": device, "max_length": cfg.max_length, "batch_size": cfg.eval_batch_size}
-        calibration = train_sets
-        if cfg.calibrate_limit is not None:
-            calibration = [ExampleDataset(d.examples[: cfg.calibrate_limit]) for d in train_sets]
-        evaluate.calibrate(model, calibration, tokenizer, **on)
-        train_eval = [ExampleDataset(d.examples[: cfg.eval_train_limit]) for d in train_sets]
-        train_results = evaluate.predict(model, train_eval, tokenizer, bf16=cfg.bf16, **on)
-        val = None
-        if val_sets:
-            val_results = evaluate.predict(model, val_sets, tokenizer, bf16=cfg.bf16, **on)
-            val = evaluate.scores(tasks, val_results)
-        dev_results = evaluate.predict(model, dev_sets, tokenizer, bf16=cfg.bf16, **on)
-        dev = evaluate.scores(tasks, dev_results)
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": scheduler.step,
-            "seconds": round(seconds, 1),
-            "loss": dict(zip(names, mean_losses, strict=True)),
-            "train": evaluate.scores(tasks, train_results),
-        }
-        if val is not None:
-            row["val"] = val
-        row["dev"] = dev
-        row["val_split"] = data.split_hash
-        if engine is not None:  # this epoch's steps (one transfer from the device)
-            row["conflicts"] = conflicts.summary(epoch * steps, (epoch + 1) * steps)
-        if engine is not None and engine.stats is not None:
-            row["gradients"] = engine.stats.as_dict()  # the epoch's last step
-        history.append(row)
-        chosen = val if cfg.select_on == "val" and val is not None else dev
-        if isinstance(scheduler, DynamicBatchAllocation):  # more examples for lagging tasks
-            scheduler.update(evaluate.task_scores(tasks, chosen))
-        if selection_score(chosen) > best:  # the same on every rank: each scored the same sets
-            best, best_epoch = selection_score(chosen), epoch + 1
-            weights = model_state.state_dict()  # FSDP: gathered (every rank takes part)
-            if rank == 0:
-                info = {
-                    "config": config,
-                    "epoch": epoch + 1,
-                    "select_on": cfg.select_on,
-                    "val": json.dumps(val),
-                    "dev": json.dumps(dev),
-                }
-                save_best(out / "best.pt", weights, **info)
-                report.write_predictions(out / "dev-predictions", tasks, dev_sets, dev_results)
-                report.save_confusions(out, tasks, dev_results)
+        # (the test), in eval mode: no randomness;
+        # with --ema-decay, of the averaged weights (best.pt keeps them too)
+        with average.applied() if average is not None else contextlib.nullcontext():
+            on = {"device": device, "max_length": cfg.max_length, "batch_size": cfg.eval_batch_size}
+            calibration = train_sets
+            if cfg.calibrate_limit is not None:
+                calibration = [
+                    ExampleDataset(d.examples[: cfg.calibrate_limit]) for d in train_sets
+                ]
+            evaluate.calibrate(model, calibration, tokenizer, **on)
+            train_eval = [ExampleDataset(d.examples[: cfg.eval_train_limit]) for d in train_sets]
+            train_results = evaluate.predict(model, train_eval, tokenizer, bf16=cfg.bf16, **on)
+            val = None
+            if val_sets:
+                val_results = evaluate.predict(model, val_sets, tokenizer, bf16=cfg.bf16, **on)
+                val = evaluate.scores(tasks, val_results)
+            dev_results = evaluate.predict(model, dev_sets, tokenizer, bf16=cfg.bf16, **on)
+            dev = evaluate.scores(tasks, dev_results)
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "step": scheduler.step,
+                "seconds": round(seconds, 1),
+                "loss": dict(zip(names, mean_losses, strict=True)),
+                "train": evaluate.scores(tasks, train_results),
+            }
+            if val is not None:
+                row["val"] = val
+            row["dev"] = dev
+            row["val_split"] = data.split_hash
+            if engine is not None:  # this epoch's steps (one transfer from the device)
+                row["conflicts"] = conflicts.summary(epoch * steps, (epoch + 1) * steps)
+            if engine is not None and engine.stats is not None:
+                row["gradients"] = engine.stats.as_dict()  # the epoch's last step
+            history.append(row)
+            chosen = val if cfg.select_on == "val" and val is not None else dev
+            if isinstance(scheduler, DynamicBatchAllocation):  # more examples for lagging tasks
+                scheduler.update(evaluate.task_scores(tasks, chosen))
+            if selection_score(chosen) > best:  # the same on every rank: each scored the same sets
+                best, best_epoch = selection_score(chosen), epoch + 1
+                weights = model_state.state_dict()  # FSDP: gathered (every rank takes part)
+                if rank == 0:
+                    info = {
+                        "config": config,
+                        "epoch": epoch + 1,
+                        "select_on": cfg.select_on,
+                        "val": json.dumps(val),
+                        "dev": json.dumps(dev),
+                    }
+                    save_best(out / "best.pt", weights, **info)
+                    report.write_predictions(out / "dev-predictions", tasks, dev_sets, dev_results)
+                    report.save_confusions(out, tasks, dev_results)
         checkpoint()
         log(report.format_table(history, names))
 

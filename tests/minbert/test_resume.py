@@ -170,7 +170,8 @@ def test_killed_mid_epoch_then_resumed_is_bit_identical(
     _assert_same_run(run, reference)
 
 
-#: ... and layer-wise rates: one optimizer group per encoder layer, each with its own state.
+#: ... and layer-wise rates (one optimizer group per encoder layer, each with its own state)
+#: and a moving average of the weights, which each epoch evaluates and best.pt keeps.
 SMALL = [
     *ARGS[:-2],
     "--seed",
@@ -181,6 +182,8 @@ SMALL = [
     "2",
     "--layer-lr-decay",
     "0.8",
+    "--ema-decay",
+    "0.9",
 ]
 
 

@@ -393,6 +393,8 @@ def test_empty_dev_split_is_refused_before_training(
         ("--head-lr", "-0.5", "head_lr"),
         ("--layer-lr-decay", "0", "layer_lr_decay"),
         ("--layer-lr-decay", "1.5", "layer_lr_decay"),
+        ("--ema-decay", "1", "ema_decay"),
+        ("--ema-decay", "-0.5", "ema_decay"),
         ("--weight-decay", "inf", "weight_decay"),
         ("--warmup-ratio", "1", "warmup_ratio"),
         ("--warmup-ratio", "-0.1", "warmup_ratio"),
