@@ -275,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--select-on",
         choices=list(SELECT_ON),
         default=d.select_on,
-        help="what picks the best epoch, best.pt and dynamic allocation's signal (default "
-        "%(default)s; dev: the dev scores are then no test)",
+        help="what picks the epoch best.pt keeps, and dynamic allocation's signal (default "
+        "%(default)s; last: no selection, best.pt is the last epoch, for a final run on all the "
+        "training data with --val-fraction 0; dev: the dev scores are then no test)",
     )
     tr.add_argument("--eval-train-limit", type=int, default=d.eval_train_limit)
     tr.add_argument(
@@ -517,11 +518,15 @@ def summary_line(
 ) -> str:
     """``best val (epoch N): <val scores> | dev: <dev scores> -> OUT``: the epoch of
     best.pt, chosen on the validation split, and its dev scores (the test). Selected on
-    dev, the line says that its scores are no test."""
+    dev, the line says that its scores are no test; with ``last`` it starts ``last epoch
+    (N):`` (no selection)."""
     rows = [r for r in history if r["epoch"] == best_epoch]
     if not rows:
         return f"no epoch had a finite {select_on} score: no best.pt  -> {out_dir}"
     best = rows[0]
+    if select_on == "last":
+        held = f"val: {_scores(best['val'])}  | " if "val" in best else ""
+        return f"last epoch ({best['epoch']}): {held}dev: {_scores(best['dev'])}  -> {out_dir}"
     if select_on == "dev":
         return (
             f"best dev (epoch {best['epoch']}; SELECTED ON DEV: these are not test scores): "

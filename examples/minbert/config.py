@@ -24,8 +24,10 @@ from .weights import WeightsError
 
 #: The most positions a ``tiny-random`` encoder gets (BERT's); a pretrained one has its own.
 TINY_MAX_POSITIONS = 512
-#: What may pick the best epoch (``TrainConfig.select_on``).
-SELECT_ON = ("val", "dev")
+#: What picks the epoch that best.pt keeps (``TrainConfig.select_on``): the best on the
+#: validation split, the best on dev (no test then), or the last one (no selection: the
+#: protocol that retrains on all the training data once the recipe is chosen on val).
+SELECT_ON = ("val", "dev", "last")
 
 
 @dataclass
@@ -68,7 +70,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     val_seed: int = 0  # which examples are held out: not `seed`, so every run holds out the same
     val_limit: int | None = None  # held-out examples per task scored each epoch (None: all)
-    select_on: str = "val"  # "val", or "dev" (only explicitly: its scores are then no test)
+    select_on: str = "val"  # "val", "last", or "dev" (only explicitly: no test then)
     eval_train_limit: int = 500  # training examples per task scored each epoch
     # training examples per task a calibration reads each epoch (Quora's cosine threshold
     # under a pairwise loss; None: the whole training set)
@@ -129,8 +131,15 @@ class TrainConfig:
         if self.select_on == "val" and fraction == 0:
             raise ConfigError(
                 "val_fraction 0 holds out no validation split to select the best epoch on: "
-                "hold one out (--val-fraction 0.1) or select on the dev sets explicitly with "
-                "--select-on dev (their scores are then no test)"
+                "hold one out (--val-fraction 0.1), keep the last epoch (--select-on last) or "
+                "select on the dev sets explicitly with --select-on dev (their scores are then "
+                "no test)"
+            )
+        if self.select_on == "last" and fraction == 0 and self.scheduler == "dynamic":
+            raise ConfigError(
+                "dynamic batch allocation needs a score of each task every epoch, and with "
+                "--select-on last and val_fraction 0 only dev has one (the test: it must not "
+                "steer training); hold out a validation split or choose another scheduler"
             )
         ratio = self.warmup_ratio
         if not _is_number(ratio) or not 0 <= ratio < 1:

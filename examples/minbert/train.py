@@ -464,8 +464,12 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
             f"validation split: {held} examples held out of the training files "
             f"(--val-fraction {cfg.val_fraction}, --val-seed {cfg.val_seed}; "
             f"{[len(d) for d in val_sets]} scored each epoch; sha256 "
-            f"{data.split_hash[:12] if data.split_hash else None}, split.json); the best epoch "
-            f"is chosen on {cfg.select_on}"
+            f"{data.split_hash[:12] if data.split_hash else None}, split.json); "
+            + (
+                "best.pt keeps the last epoch"
+                if cfg.select_on == "last"
+                else f"the best epoch is chosen on {cfg.select_on}"
+            )
         )
     if cfg.select_on == "dev":
         log(
@@ -549,11 +553,14 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
             if engine is not None and engine.stats is not None:
                 row["gradients"] = engine.stats.as_dict()  # the epoch's last step
             history.append(row)
-            chosen = val if cfg.select_on == "val" and val is not None else dev
+            # dev steers nothing unless asked (--select-on dev); without a split, "last"
+            # refuses dynamic allocation, so `signal` is then only ever dev for "dev"
+            signal = val if cfg.select_on != "dev" and val is not None else dev
             if isinstance(scheduler, DynamicBatchAllocation):  # more examples for lagging tasks
-                scheduler.update(evaluate.task_scores(tasks, chosen))
-            if selection_score(chosen) > best:  # the same on every rank: each scored the same sets
-                best, best_epoch = selection_score(chosen), epoch + 1
+                scheduler.update(evaluate.task_scores(tasks, signal))
+            score = float(epoch + 1) if cfg.select_on == "last" else selection_score(signal)
+            if score > best:  # the same on every rank: each scored the same sets
+                best, best_epoch = score, epoch + 1
                 weights = model_state.state_dict()  # FSDP: gathered (every rank takes part)
                 if rank == 0:
                     info = {

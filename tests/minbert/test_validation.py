@@ -247,6 +247,40 @@ def test_without_a_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "| val" not in err and "| dev sst" in err and "WARNING: --select-on dev" in err
 
 
+def test_select_on_last_keeps_the_last_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``last``: best.pt is the last epoch whatever val and dev say; dynamic allocation
+    still reads val, never dev."""
+    _fake_scores(monkeypatch, DISAGREE["val"], DISAGREE["dev"])
+    signals = _updates(monkeypatch)
+    cfg = tiny_config(tmp_path, epochs=3, steps_per_epoch=1, scheduler="dynamic", select_on="last")
+    run = train(cfg)
+    assert run.best_epoch == 3 and load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
+    assert load_checkpoint(tmp_path / "best.pt")["select_on"] == "last"
+    assert [s[0] for s in signals] == DISAGREE["val"]
+    assert "best.pt keeps the last epoch" in capsys.readouterr().err
+    line = summary_line(run.history, run.best_epoch, "last", cfg.out_dir)
+    assert line.startswith("last epoch (3): val: ") and "| dev: " in line
+
+
+def test_select_on_last_without_a_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A final run on all the training data: ``val_fraction`` 0 with ``last`` trains on
+    every training example, keeps the last epoch, and lets dev steer nothing (dynamic
+    allocation, which would need dev's scores, is refused)."""
+    with pytest.raises(ConfigError, match="dynamic batch allocation"):
+        tiny_config(tmp_path, val_fraction=0.0, select_on="last", scheduler="dynamic")
+    cfg = tiny_config(tmp_path, val_fraction=0.0, select_on="last", epochs=2)
+    data = load_training_data(cfg, cfg.task_records())
+    assert data.val == [] and data.split_hash is None
+    run = train(cfg)
+    assert run.best_epoch == 2 and load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+    assert "val" not in run.history[-1]
+    assert "WARNING" not in capsys.readouterr().err
+    line = summary_line(run.history, run.best_epoch, "last", cfg.out_dir)
+    assert line.startswith("last epoch (2): dev: ")
+
+
 # ------------------------------------------------------------------ conflict telemetry
 def test_loss_weighting_runs_record_weights_only(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
