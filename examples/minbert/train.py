@@ -553,8 +553,8 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> Run
             if engine is not None and engine.stats is not None:
                 row["gradients"] = engine.stats.as_dict()  # the epoch's last step
             history.append(row)
-            # dev steers nothing unless asked (--select-on dev); without a split, "last"
-            # refuses dynamic allocation, so `signal` is then only ever dev for "dev"
+            # dev steers nothing unless asked (--select-on dev): "val" always has a split,
+            # and "last" without one refuses dynamic allocation and ignores `signal`
             signal = val if cfg.select_on != "dev" and val is not None else dev
             if isinstance(scheduler, DynamicBatchAllocation):  # more examples for lagging tasks
                 scheduler.update(evaluate.task_scores(tasks, signal))
