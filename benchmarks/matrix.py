@@ -10,14 +10,15 @@ the seeds, ``scipy.stats.t``), marked significant when the interval excludes zer
 Settings:
 
 * ``main``: the main job's set-up (the example's defaults: SST cross-entropy, Quora
-  Siamese + BCE, STS 5·cos + MSE, PCGrad, round-robin).
+  Siamese + BCE, STS 5·cos + MSE, round-robin; each row names its strategy).
 * ``cosent20``: the same, but STS trains with CoSENT at scale 20, a loss several times
   larger than the other two (the loss-scale imbalance magnitude-balancing strategies are
   meant for).
 
 Rows of ``main``: every registered strategy (``sum``, ``pcgrad`` and ``gradnorm`` with
 all seeds; the others first with seed 0 only, a screening, after which the three with the
-best *validation* score get all seeds; dev never picks anything); the seed paper's claims,
+best *validation* score get all seeds; dev never picks anything; ``--best`` names them
+instead, from an earlier screening, and skips this one); the seed paper's claims,
 compared with PCGrad, round-robin and BCE (the paper's set-up): Quora with the
 cosine-embedding loss instead of BCE, a margin growing from 0 to 0.5 over the run instead of
 a fixed 0.5 (compared with the fixed-margin row), and dynamic batch allocation instead of
@@ -32,6 +33,11 @@ matrix still has balanced rows; results are appended to
 again resumes it. Run from the repository root::
 
     python benchmarks/matrix.py --budget cpu --out benchmarks/results/matrix-cpu
+
+A longer budget on chosen rows (the best others named, not screened again)::
+
+    python benchmarks/matrix.py --budget cpu-long --rows main/sum,main/mgda --best mgda \\
+        --out benchmarks/results/matrix-cpu-long
 """
 
 from __future__ import annotations
@@ -64,11 +70,13 @@ from examples.minbert.train import train  # noqa: E402
 METRICS = ("sst_acc", "quora_acc", "sts_pearson", "overall")
 
 #: Budgets: options of the training run that every row shares. ``full`` is the main job
-#: exactly (3 epochs x 140 steps, full training, validation and dev sets); ``cpu`` is what
+#: exactly (its epochs and steps, full training, validation and dev sets); ``cpu`` is what
 #: a 2-core CPU can run for the whole matrix in about two hours (2 epochs, so that dynamic
 #: allocation gets one update; Quora's cosine threshold, under a pairwise loss, fitted on
-#: 2000 training pairs instead of all 14.4k); ``tiny`` is a smoke test of the pipeline
-#: (random weights).
+#: 2000 training pairs instead of all 14.4k); ``cpu-long`` is 2.3x its steps (a quarter of
+#: the main job's) scored on the full validation and dev sets, for checking its findings on
+#: a few rows (about 9 minutes a run on a 2-core CPU); ``tiny`` is a smoke test of the
+#: pipeline (random weights).
 BUDGETS: dict[str, dict[str, Any]] = {
     "full": {},
     "cpu": dict(
@@ -79,6 +87,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         eval_train_limit=50,
         calibrate_limit=2000,
     ),
+    "cpu-long": dict(epochs=2, steps_per_epoch=70, eval_train_limit=50, calibrate_limit=2000),
     "tiny": dict(
         epochs=2,
         steps_per_epoch=2,
@@ -171,9 +180,14 @@ def rows(total_steps: int) -> list[Row]:
     return out
 
 
-def screened_best(results: list[dict[str, Any]], count: int = BEST_OTHERS) -> list[str] | None:
+def screened_best(
+    results: list[dict[str, Any]], count: int = BEST_OTHERS, named: list[str] | None = None
+) -> list[str] | None:
     """The ``count`` screened strategies (every one but the paper's three, seed 0 in
-    ``main``) with the best validation overall score, or ``None`` until all are screened."""
+    ``main``) with the best validation overall score, or ``None`` until all are screened;
+    ``named`` (chosen by an earlier screening) when given."""
+    if named is not None:
+        return list(named)
     others = [s for s in mtlkit.list_strategies() if s not in (*PAPER_THREE, *NOT_SCREENED)]
     val = {
         r["key"].split("/", 1)[1]: r["val"]["overall"]
@@ -185,18 +199,25 @@ def screened_best(results: list[dict[str, Any]], count: int = BEST_OTHERS) -> li
     return sorted(val, key=lambda s: -val[s])[:count]
 
 
-def plan(all_rows: list[Row], seeds: int, results: list[dict[str, Any]]) -> list[tuple[Row, int]]:
+def plan(
+    all_rows: list[Row], seeds: int, results: list[dict[str, Any]], best: list[str] | None = None
+) -> list[tuple[Row, int]]:
     """The (row, seed) runs in the order they run: first every fixed row (the paper's
     three, the claims, the other settings) seed by seed, then the screening (seed 0 of
     each other strategy), then, once it is complete, the other seeds of the best
     ``BEST_OTHERS`` on validation. An interrupted matrix thus has the fixed rows complete
-    or balanced first."""
-    best = set(screened_best(results) or [])
+    or balanced first. With ``best`` given (an earlier screening's choice) there is no
+    screening: those strategies' rows join the fixed ones, seed by seed, and the other
+    screened rows do not run."""
+    if best is not None:
+        chosen = [r for r in all_rows if not is_screened(r) or r.name in best]
+        return [(row, seed) for seed in range(seeds) for row in chosen]
+    named = set(screened_best(results) or [])
     fixed = [r for r in all_rows if not is_screened(r)]
     screened = [r for r in all_rows if is_screened(r)]
     out = [(row, seed) for seed in range(seeds) for row in fixed]
     out += [(row, 0) for row in screened]
-    out += [(row, seed) for seed in range(1, seeds) for row in screened if row.name in best]
+    out += [(row, seed) for seed in range(1, seeds) for row in screened if row.name in named]
     return out
 
 
@@ -510,6 +531,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="benchmarks/results/matrix")
     ap.add_argument("--scratch", default="runs/matrix")
+    ap.add_argument(
+        "--best",
+        default=None,
+        help="comma-separated strategies taken as the best others (from an earlier "
+        "screening on validation); skips the screening",
+    )
     ap.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     ap.add_argument(
         "--jobs", type=int, default=1, help="runs at a time (processes; e.g. 8 on one H200)"
@@ -517,8 +544,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report-only", action="store_true", help="write the table, train nothing")
     args = ap.parse_args(argv)
     budget = BUDGETS[args.budget]
-    steps = int(budget.get("epochs", 3)) * int(budget.get("steps_per_epoch", 140))
+    defaults = config_from_args(build_parser().parse_args(["train"]))
+    steps = int(budget.get("epochs", defaults.epochs)) * int(
+        budget.get("steps_per_epoch", defaults.steps_per_epoch)
+    )
     all_rows = rows(steps)
+    best = None
+    if args.best is not None:
+        best = [b for b in args.best.split(",") if b]
+        screenable = {r.name for r in all_rows if is_screened(r)}
+        if not set(best) <= screenable:
+            ap.error(
+                f"--best: unknown {sorted(set(best) - screenable)}; known: {sorted(screenable)}"
+            )
     if args.rows:
         wanted = args.rows.split(",")
         unknown = set(wanted) - {r.key for r in all_rows}
@@ -531,7 +569,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[dict] = json.loads(store.read_text()) if store.exists() else []
     if not args.report_only:
         execute(
-            lambda done: plan(all_rows, args.seeds, done),
+            lambda done: plan(all_rows, args.seeds, done, best),
             results,
             store,
             budget,
@@ -544,12 +582,12 @@ def main(argv: list[str] | None = None) -> None:
     if results:
         store.write_text(json.dumps(results, indent=1))  # with what backfill found
     summaries = summarize(all_rows, results)
-    best = screened_best(results)
+    best = screened_best(results, named=best)
     command = shlex.join(argv if argv is not None else sys.argv[1:])
     header = (
         f"## miniBERT quality matrix v2 (`{args.budget}` budget)\n\n"
         f"Command: `python benchmarks/matrix.py {command}`\n\n"
-        f"Machine: {machine()}\n\nBudget: {json.dumps(budget) or 'the main job'} on top of the "
+        f"Machine: {machine()}\n\nBudget: {json.dumps(budget) if budget else 'none'} on top of the "
         "main job's options. Scores: dev (the test) after the last epoch (no selection), and "
         "at the epoch chosen on the validation split. Difference: the row's dev overall "
         "minus its baseline's, paired by seed, "
@@ -557,7 +595,11 @@ def main(argv: list[str] | None = None) -> None:
         "steps: share of steps with a pair of task gradients at a negative cosine; min "
         "cosine: the mean over steps of the most negative pairwise cosine; max/min "
         "norm: mean ratio of the largest to the smallest task-gradient norm.\n\n"
-        f"Screening (seed 0, validation overall): best others = {best or 'not complete'}."
+        + (
+            f"Best others named (`--best`, from an earlier screening on validation): {best}."
+            if args.best is not None
+            else f"Screening (seed 0, validation overall): best others = {best or 'not complete'}."
+        )
     )
     text = markdown(summaries, header)
     out.with_suffix(".md").write_text(text)

@@ -110,6 +110,42 @@ def test_matrix_screening_gives_all_seeds_to_the_best_on_validation_only() -> No
     assert ("main/mean", 1) not in keys and ("main/upgrad", 1) not in keys
 
 
+def test_matrix_best_named_skips_the_screening() -> None:
+    rows = matrix.rows(total_steps=60)
+    runs = matrix.plan(rows, 3, [], best=["mgda"])
+    keys = [(r.key, s) for r, s in runs]
+    # the named strategy runs every seed at once, beside the fixed rows, seed by seed
+    assert {("main/mgda", 0), ("main/mgda", 2), ("main/sum", 2)} <= set(keys)
+    assert not any(k.startswith("main/cagrad") or k == "main/upgrad" for k, _ in keys)
+    assert [s for _, s in keys] == sorted(s for _, s in keys)
+    assert matrix.screened_best([], named=["mgda"]) == ["mgda"]
+
+
+def test_matrix_margin_schedule_spans_the_budget_s_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the dynamic margin grows over the run's own steps: the main job's when the budget
+    # keeps its epochs and steps (4 x 140 = 560 at the example's defaults)
+    from examples.minbert.cli import build_parser, config_from_args
+
+    defaults = config_from_args(build_parser().parse_args(["train"]))
+    argv = ["--budget", "full", "--rows", "main/quora-dynamic-margin", "--report-only"]
+    argv += ["--out", str(tmp_path / "m"), "--scratch", str(tmp_path / "runs")]
+    seen: list[int] = []
+    real = matrix.rows
+    monkeypatch.setattr(
+        matrix, "rows", lambda total_steps: seen.append(total_steps) or real(total_steps)
+    )
+    matrix.main(argv)
+    assert seen == [defaults.epochs * defaults.steps_per_epoch]
+
+
+def test_matrix_rejects_an_unknown_best(tmp_path: Path) -> None:
+    argv = ["--best", "mgda,nope", "--report-only", "--out", str(tmp_path / "m")]
+    with pytest.raises(SystemExit):
+        matrix.main(argv)
+
+
 def test_matrix_summary_pairs_rows_by_seed_with_their_baseline() -> None:
     rows = matrix.rows(total_steps=60)
     results = [_record("main/sum", s, 0.70 + s / 100, 0.7) for s in range(3)]
