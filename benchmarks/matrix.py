@@ -180,14 +180,9 @@ def rows(total_steps: int) -> list[Row]:
     return out
 
 
-def screened_best(
-    results: list[dict[str, Any]], count: int = BEST_OTHERS, named: list[str] | None = None
-) -> list[str] | None:
+def screened_best(results: list[dict[str, Any]], count: int = BEST_OTHERS) -> list[str] | None:
     """The ``count`` screened strategies (every one but the paper's three, seed 0 in
-    ``main``) with the best validation overall score, or ``None`` until all are screened;
-    ``named`` (chosen by an earlier screening) when given."""
-    if named is not None:
-        return list(named)
+    ``main``) with the best validation overall score, or ``None`` until all are screened."""
     others = [s for s in mtlkit.list_strategies() if s not in (*PAPER_THREE, *NOT_SCREENED)]
     val = {
         r["key"].split("/", 1)[1]: r["val"]["overall"]
@@ -219,6 +214,14 @@ def plan(
     out += [(row, 0) for row in screened]
     out += [(row, seed) for seed in range(1, seeds) for row in screened if row.name in named]
     return out
+
+
+def budget_steps(budget: dict[str, Any]) -> int:
+    """The training steps of a run under ``budget``: its epochs and steps per epoch, the
+    example's defaults where the budget keeps them."""
+    defaults = config_from_args(build_parser().parse_args(["train"]))
+    epochs = budget.get("epochs", defaults.epochs)
+    return int(epochs) * int(budget.get("steps_per_epoch", defaults.steps_per_epoch))
 
 
 def is_screened(row: Row) -> bool:
@@ -544,11 +547,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report-only", action="store_true", help="write the table, train nothing")
     args = ap.parse_args(argv)
     budget = BUDGETS[args.budget]
-    defaults = config_from_args(build_parser().parse_args(["train"]))
-    steps = int(budget.get("epochs", defaults.epochs)) * int(
-        budget.get("steps_per_epoch", defaults.steps_per_epoch)
-    )
-    all_rows = rows(steps)
+    all_rows = rows(budget_steps(budget))
     best = None
     if args.best is not None:
         best = [b for b in args.best.split(",") if b]
@@ -582,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
     if results:
         store.write_text(json.dumps(results, indent=1))  # with what backfill found
     summaries = summarize(all_rows, results)
-    best = screened_best(results, named=best)
+    best = best if best is not None else screened_best(results)
     command = shlex.join(argv if argv is not None else sys.argv[1:])
     header = (
         f"## miniBERT quality matrix v2 (`{args.budget}` budget)\n\n"

@@ -118,32 +118,30 @@ def test_matrix_best_named_skips_the_screening() -> None:
     assert {("main/mgda", 0), ("main/mgda", 2), ("main/sum", 2)} <= set(keys)
     assert not any(k.startswith("main/cagrad") or k == "main/upgrad" for k, _ in keys)
     assert [s for _, s in keys] == sorted(s for _, s in keys)
-    assert matrix.screened_best([], named=["mgda"]) == ["mgda"]
 
 
-def test_matrix_margin_schedule_spans_the_budget_s_steps(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_matrix_margin_schedule_spans_the_budget_s_steps() -> None:
     # the dynamic margin grows over the run's own steps: the main job's when the budget
     # keeps its epochs and steps (4 x 140 = 560 at the example's defaults)
     from examples.minbert.cli import build_parser, config_from_args
 
     defaults = config_from_args(build_parser().parse_args(["train"]))
-    argv = ["--budget", "full", "--rows", "main/quora-dynamic-margin", "--report-only"]
-    argv += ["--out", str(tmp_path / "m"), "--scratch", str(tmp_path / "runs")]
-    seen: list[int] = []
-    real = matrix.rows
-    monkeypatch.setattr(
-        matrix, "rows", lambda total_steps: seen.append(total_steps) or real(total_steps)
-    )
+    full = matrix.budget_steps(matrix.BUDGETS["full"])
+    assert full == defaults.epochs * defaults.steps_per_epoch
+    assert matrix.budget_steps(matrix.BUDGETS["cpu-long"]) == 140
+    margin = {r.key: r for r in matrix.rows(full)}["main/quora-dynamic-margin"].args
+    assert margin[margin.index("--margin-steps") + 1] == str(full)
+
+
+def test_matrix_best_named_in_the_report_and_an_unknown_one_refused(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    argv = ["--best", "mgda", "--report-only", "--out", str(out)]
     matrix.main(argv)
-    assert seen == [defaults.epochs * defaults.steps_per_epoch]
-
-
-def test_matrix_rejects_an_unknown_best(tmp_path: Path) -> None:
-    argv = ["--best", "mgda,nope", "--report-only", "--out", str(tmp_path / "m")]
+    assert "Best others named (`--best`, from an earlier screening on validation): ['mgda']" in (
+        out.with_suffix(".md").read_text()
+    )
     with pytest.raises(SystemExit):
-        matrix.main(argv)
+        matrix.main(["--best", "mgda,nope", "--report-only", "--out", str(out)])
 
 
 def test_matrix_summary_pairs_rows_by_seed_with_their_baseline() -> None:
